@@ -1,0 +1,48 @@
+"""The error hierarchy: one root, one branch per kind of failure.
+
+Infrastructure errors (a service that does not answer) stop a command with one clear line.
+Record errors (a bad image, bad Avro) are data: they carry the original bytes and go to the
+dead-letter topic instead of stopping anything.
+"""
+
+from __future__ import annotations
+
+
+class ImagetagError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class ConfigError(ImagetagError):
+    """The settings are invalid (unknown key, bad value, missing file)."""
+
+
+class ServiceError(ImagetagError):
+    """A service (Kafka, Solr, Spark, the local stack) cannot be reached or failed to start.
+
+    The message names the service, its address and, for the local stack, the log file.
+    """
+
+    def __init__(self, service: str, address: str, reason: str, log: str | None = None) -> None:
+        self.service = service
+        self.address = address
+        self.reason = reason
+        self.log = log
+        where = f" (log: {log})" if log else ""
+        super().__init__(f"{service} at {address}: {reason}{where}")
+
+
+class RecordError(ImagetagError):
+    """One input record cannot be processed. Keeps the original bytes for the dead-letter topic.
+
+    ``stage`` says where it failed (``avro``, ``decode``, ``limits``, ...), ``reason`` is a short
+    machine-countable token and ``detail`` a human sentence.
+    """
+
+    def __init__(
+        self, stage: str, reason: str, detail: str = "", original: bytes | None = None
+    ) -> None:
+        self.stage = stage
+        self.reason = reason
+        self.detail = detail
+        self.original = original
+        super().__init__(f"{stage}: {reason}" + (f" ({detail})" if detail else ""))

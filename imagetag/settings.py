@@ -1,0 +1,242 @@
+"""One frozen, typed settings object for the whole project.
+
+Loaded once in ``main()`` (``Settings.load()``) and passed down explicitly. Sources, lowest to
+highest priority: the defaults below, an optional YAML file (``imagetag.yaml`` in the working
+directory, or the path in ``IMAGETAG_CONFIG``), then environment variables ``IMAGETAG_*`` where a
+double underscore separates nesting levels, e.g. ``IMAGETAG_KAFKA__BOOTSTRAP_SERVERS``.
+
+Unknown keys are an error in every source, so a typo never silently falls back to a default.
+Nothing else in the code base hard-codes an address, a topic name or a path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from imagetag.errors import ConfigError
+
+ENV_PREFIX = "IMAGETAG_"
+CONFIG_ENV = "IMAGETAG_CONFIG"
+DEFAULT_CONFIG_FILE = "imagetag.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    """Where the brokers are, how clients talk to them, and the topic layout."""
+
+    bootstrap_servers: str = "localhost:9092"
+    # Passed through to every client (librdkafka / Java property names), e.g.
+    # {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": ..., ...}.
+    # Values are secret strings: they are never printed.
+    client: dict[str, SecretStr] = Field(default_factory=dict)
+    topic_images: str = "images"
+    topic_dlq: str = "images.dlq"
+    topic_review: str = "images.review"
+    partitions: int = Field(default=2, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    # Which Python client the producer uses: librdkafka's (fast, default) or pure Python.
+    client_library: Literal["confluent", "kafka-python"] = "confluent"
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka-style configuration: bootstrap servers plus the pass-through options."""
+        config = {k: v.get_secret_value() for k, v in self.client.items()}
+        config["bootstrap.servers"] = self.bootstrap_servers
+        return config
+
+
+class SolrSettings(_Section):
+    """Solr's address (HTTP base URL, or ZooKeeper hosts for SolrCloud) and the collection alias."""
+
+    url: str = "http://localhost:8983/solr"
+    # When set, live Solr nodes are read from ZooKeeper (SolrCloud) instead of using ``url``.
+    zk_hosts: str | None = None
+    collection: str = "images"  # an alias; the backing collection is images_<generation>
+    configset: str = "imagetag"
+    shards: int = Field(default=1, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    commit_within_ms: int = Field(default=1000, ge=0)
+    batch_size: int = Field(default=500, ge=1)
+    timeout_s: float = Field(default=30.0, gt=0)
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class SparkSettings(_Section):
+    """Spark master and resources; local mode on a 2-core machine by default."""
+
+    master: str = "local[2]"
+    driver_memory: str = "2g"
+    executor_memory: str = "2g"
+    shuffle_partitions: int = Field(default=4, ge=1)
+    ui_enabled: bool = False
+    trigger_seconds: float = Field(default=1.0, gt=0)
+    max_offsets_per_trigger: int = Field(default=5000, ge=1)
+    # Extra Spark properties, passed as they are (e.g. {"spark.executor.cores": "2"}).
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class ImageLimits(_Section):
+    """What the producer and the decoder accept."""
+
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_side: int = Field(default=20_000, ge=1)
+
+
+class StackSettings(_Section):
+    """The embedded local stack (``imagetag stack``). Its ports come from the addresses above."""
+
+    home: Path = Path(".stack")
+    jvm_dir: Path = Path(".jvm")
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "1g"
+    solr_heap: str = "1g"
+    start_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Frozen; build it once with :meth:`load`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    solr: SolrSettings = SolrSettings()
+    spark: SparkSettings = SparkSettings()
+    limits: ImageLimits = ImageLimits()
+    stack: StackSettings = StackSettings()
+    model_store: str = "models"  # a local path or any Hadoop filesystem URI Spark can write
+    checkpoint_dir: str = ".stack/checkpoints"
+    archive_dir: str = ".stack/archive"
+    vote_threshold: float = Field(default=0.40, gt=0, le=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables are merged by load() itself, so that they win over the YAML
+        # file and so that an unknown IMAGETAG_* variable is an error, not silently ignored.
+        return (init_settings,)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Build the settings from defaults, the YAML file, ``IMAGETAG_*`` and ``overrides``.
+
+        Raises ConfigError naming the offending key for an unknown key or a bad value.
+        """
+        _reject_unknown_env()
+        data = _read_yaml(config_file)
+        _deep_update(data, cls._env_values())
+        _deep_update(data, overrides)
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid settings: {_first_error(exc)}") from exc
+
+    @classmethod
+    def _env_values(cls) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for key, value in os.environ.items():
+            if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+                continue
+            path = key[len(ENV_PREFIX) :].lower().split("__")
+            node = values
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = _parse_env_value(value)
+        return values
+
+    # -- derived addresses -------------------------------------------------------------------
+
+    def kafka_port(self) -> int:
+        """Port of the first bootstrap server (the one the local stack listens on)."""
+        first = self.kafka.bootstrap_servers.split(",")[0].strip()
+        return int(first.rsplit(":", 1)[1])
+
+    def kafka_host(self) -> str:
+        first = self.kafka.bootstrap_servers.split(",")[0].strip()
+        return first.rsplit(":", 1)[0]
+
+    def solr_port(self) -> int:
+        parsed = urlparse(self.solr.url)
+        return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+    def solr_host(self) -> str:
+        return urlparse(self.solr.url).hostname or "localhost"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as plain data with secrets masked (for ``imagetag config``)."""
+        return self.model_dump(mode="json")
+
+
+def _parse_env_value(value: str) -> Any:
+    """Env values may be JSON/YAML scalars or mappings (``{"a": "b"}``); plain text otherwise."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, dict | list):
+        return parsed
+    return value
+
+
+def _reject_unknown_env() -> None:
+    fields = set(Settings.model_fields)
+    for key in os.environ:
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        top = key[len(ENV_PREFIX) :].lower().split("__")[0]
+        if top not in fields:
+            raise ConfigError(
+                f"unknown setting {key}: expected one of "
+                + ", ".join(f"{ENV_PREFIX}{f.upper()}" for f in sorted(fields))
+            )
+
+
+def _read_yaml(config_file: str | Path | None) -> dict[str, Any]:
+    path = Path(config_file or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+    explicit = config_file is not None or CONFIG_ENV in os.environ
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"settings file {path} does not exist")
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must hold a mapping at the top level")
+    return data
+
+
+def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}"

@@ -1,0 +1,63 @@
+"""The Spark session factory: local mode by default, a real cluster by setting the master.
+
+The Kafka connector jars fetched by ``make setup`` (``.jvm/spark/``) are passed with
+``spark.jars``; nothing is resolved through Ivy at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imagetag.errors import ServiceError
+from imagetag.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def connector_jars(settings: Settings) -> list[Path]:
+    """The jars of Spark's Kafka source/sink, as fetched by ``make setup``.
+
+    Raises ServiceError when they are missing (``make setup`` was not run).
+    """
+    folder = settings.stack.jvm_dir / "spark"
+    jars = sorted(folder.glob("*.jar"))
+    if not jars:
+        raise ServiceError("spark", str(folder), "Kafka connector jars missing; run `make setup`")
+    return jars
+
+
+def spark_session(settings: Settings, app_name: str = "imagetag") -> SparkSession:
+    """Return a SparkSession configured from ``settings.spark`` with the Kafka connector jars.
+
+    Python workers use the interpreter running this code, so the venv's OpenCV and numpy are
+    what the executors import in local mode.
+    """
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    spark_conf = settings.spark
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(spark_conf.master)
+        .config("spark.jars", ",".join(str(j.resolve()) for j in connector_jars(settings)))
+        .config("spark.driver.memory", spark_conf.driver_memory)
+        .config("spark.executor.memory", spark_conf.executor_memory)
+        .config("spark.sql.shuffle.partitions", str(spark_conf.shuffle_partitions))
+        .config("spark.ui.enabled", str(spark_conf.ui_enabled).lower())
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.python.worker.reuse", "true")
+        # Our workers set OpenCV to one thread; Spark runs one Python worker per core.
+        .config("spark.executorEnv.OMP_NUM_THREADS", "1")
+        .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
+    )
+    for key, value in spark_conf.conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session
