@@ -1,0 +1,1 @@
+from imagetag.cli import main; raise SystemExit(main())

@@ -1,0 +1,450 @@
+"""The embedded local stack: a real Kafka 4 broker (KRaft) and a real SolrCloud 9 node.
+
+Both run from the jars ``make setup`` fetched from Maven Central into ``.jvm/`` (one folder, and
+so one classpath, per service), on loopback, with data under ``<stack.home>/`` and logs under
+``<stack.home>/logs/``. Their ports come from the addresses in the settings
+(``kafka.bootstrap_servers``, ``solr.url``), so the code that talks to the services and the code
+that starts them can never disagree.
+
+``up`` is a no-op for a service already running from this stack home; ``down`` stops only the
+processes whose pid files this stack wrote (and checks the process is really ours first).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from imagetag.errors import ServiceError
+from imagetag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+JVM_SOURCES = PROJECT_ROOT / "jvm"
+SOLR_HOME_TEMPLATE = PROJECT_ROOT / "solr_config" / "home"
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    address: str
+    running: bool
+    pid: int | None
+    version: str | None
+    rss_mb: float | None
+    log: Path
+
+    def line(self) -> str:
+        if not self.running:
+            return f"{self.name:<6} stopped  {self.address}  (log: {self.log})"
+        rss = f"  rss={self.rss_mb:.0f}MB" if self.rss_mb is not None else ""
+        return f"{self.name:<6} {self.version or '?':<8} {self.address}  pid={self.pid}{rss}"
+
+
+class _Service:
+    """One JVM process of the stack: how to prepare, start, probe and name it."""
+
+    name = ""
+
+    def __init__(self, settings: Settings, home: Path) -> None:
+        self.settings = settings
+        self.home = home
+        self.dir = home / self.name
+        self.logs = home / "logs"
+        self.pid_file = home / f"{self.name}.pid"
+        self.log_file = self.logs / f"{self.name}.log"
+        self.out_file = self.logs / f"{self.name}.out"
+        self.jars = settings.stack.jvm_dir.resolve() / self.name
+
+    # -- to be provided by each service ------------------------------------------------------
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def prepare(self) -> None:
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def version(self) -> str | None:
+        raise NotImplementedError
+
+    # -- shared mechanics --------------------------------------------------------------------
+    def marker(self) -> str:
+        """A JVM flag that identifies this service of this stack home in the process table."""
+        return f"-Dimagetag.stack={self.home.resolve()}/{self.name}"
+
+    def pid(self) -> int | None:
+        """The pid from our pid file, if that process is alive and really ours."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if self.marker().encode() in cmdline else None
+
+    def rss_mb(self, pid: int) -> float | None:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def status(self) -> ServiceStatus:
+        pid = self.pid()
+        return ServiceStatus(
+            name=self.name,
+            address=self.address,
+            running=pid is not None,
+            pid=pid,
+            version=self.version() if pid else None,
+            rss_mb=self.rss_mb(pid) if pid else None,
+            log=self.log_file,
+        )
+
+    def fail(self, reason: str) -> ServiceError:
+        return ServiceError(self.name, self.address, reason, log=str(self.log_file))
+
+    def start(self) -> int:
+        """Start the process (detached) unless it is already running; return its pid."""
+        pid = self.pid()
+        if pid is not None:
+            return pid
+        if self.host not in LOOPBACK:
+            raise self.fail(
+                "the local stack only runs on loopback; this address is a real cluster, "
+                "so there is nothing to start"
+            )
+        if not self.jars.is_dir() or not any(self.jars.glob("*.jar")):
+            raise self.fail(f"jars missing in {self.jars}; run `make setup`")
+        if _port_open(self.host, self.port):
+            raise self.fail("port already in use by another process")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        with open(self.out_file, "ab") as out:
+            process = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.dir,
+                start_new_session=True,  # survives this CLI; down() signals the whole group
+            )
+        self.pid_file.write_text(f"{process.pid}\n")
+        log.debug("%s started, pid %d", self.name, process.pid)
+        return process.pid
+
+    def wait_ready(self, pid: int, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                raise self.fail(f"process exited during start; last lines: {_tail(self.out_file)}")
+            if self.ready():
+                return
+            time.sleep(0.5)
+        raise self.fail("did not answer in time")
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            log.warning("%s did not stop within %.0fs; killing it", self.name, timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+class KafkaService(_Service):
+    """Single combined broker+controller in KRaft mode."""
+
+    name = "kafka"
+
+    def __init__(self, settings: Settings, home: Path) -> None:
+        super().__init__(settings, home)
+        self.host = settings.kafka_host()
+        self.port = settings.kafka_port()
+        self.controller_port = settings.stack.kafka_controller_port
+        self.properties = self.dir / "server.properties"
+
+    def _java(self, main: str, *args: str, heap: str = "256m") -> list[str]:
+        return [
+            _java(),
+            f"-Xms{min_heap(heap)}",
+            f"-Xmx{heap}",
+            self.marker(),
+            f"-Dimagetag.log={self.log_file}",
+            f"-Dlog4j2.configurationFile={JVM_SOURCES / 'kafka' / 'log4j2.properties'}",
+            "-cp",
+            f"{self.jars}/*",
+            main,
+            *args,
+        ]
+
+    def prepare(self) -> None:
+        host = self.host
+        self.properties.write_text(
+            "\n".join(
+                [
+                    "# written by `imagetag stack up`; edit the settings, not this file",
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers={host}:{self.controller_port}",
+                    f"listeners=PLAINTEXT://{host}:{self.port},CONTROLLER://{host}:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{host}:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={self.dir / 'data'}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    # images are large messages; topics raise max.message.bytes themselves
+                    f"message.max.bytes={_message_limit(self.settings)}",
+                    f"replica.fetch.max.bytes={_message_limit(self.settings)}",
+                    "",
+                ]
+            )
+        )
+        cluster_id_file = self.dir / "cluster.id"
+        if not cluster_id_file.exists():
+            # Kafka's own random-uuid is a base64url-encoded UUID; so is this.
+            raw = uuid.uuid4().bytes
+            cluster_id_file.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("=") + "\n")
+        cluster_id = cluster_id_file.read_text().strip()
+        # -g (--ignore-formatted) makes a second format of existing storage harmless.
+        result = subprocess.run(
+            self._java(
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.properties),
+                "--standalone",
+                "-g",
+            ),
+            capture_output=True,
+            text=True,
+            cwd=self.dir,
+        )
+        if result.returncode != 0:
+            raise self.fail(f"storage format failed: {(result.stderr or result.stdout).strip()}")
+
+    def command(self) -> list[str]:
+        return self._java("kafka.Kafka", str(self.properties), heap=self.settings.stack.kafka_heap)
+
+    def ready(self) -> bool:
+        if not _port_open(self.host, self.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.address, "log_level": 0})
+        try:
+            metadata = admin.list_topics(timeout=3)
+        except Exception:  # KafkaException while the broker finishes starting
+            return False
+        return bool(metadata.brokers)
+
+    def version(self) -> str | None:
+        for jar in self.jars.glob("kafka_2.13-*.jar"):
+            match = re.match(r"kafka_2\.13-(.+)\.jar$", jar.name)
+            if match:
+                return match.group(1)
+        return None
+
+
+class SolrService(_Service):
+    """One SolrCloud node with an embedded ZooKeeper (client port = Solr port + 1000)."""
+
+    name = "solr"
+
+    def __init__(self, settings: Settings, home: Path) -> None:
+        super().__init__(settings, home)
+        self.host = settings.solr_host()
+        self.port = settings.solr_port()
+        self.solr_home = self.dir / "home"
+        self.base_url = settings.solr.url.rstrip("/")
+
+    def prepare(self) -> None:
+        self.solr_home.mkdir(parents=True, exist_ok=True)
+        for name in ("solr.xml", "zoo.cfg"):
+            shutil.copyfile(SOLR_HOME_TEMPLATE / name, self.solr_home / name)
+        if _port_open(self.host, self.port + 1000):
+            raise ServiceError(
+                "solr",
+                f"{self.host}:{self.port + 1000}",
+                "embedded ZooKeeper port already in use by another process",
+                log=str(self.log_file),
+            )
+
+    def command(self) -> list[str]:
+        heap = self.settings.stack.solr_heap
+        return [
+            _java(),
+            f"-Xms{min_heap(heap)}",
+            f"-Xmx{heap}",
+            self.marker(),
+            "-DzkRun",
+            f"-Dhost={self.host}",
+            f"-DhostPort={self.port}",
+            f"-Dsolr.log.dir={self.logs}",
+            f"-Dimagetag.log={self.log_file}",
+            f"-Dlog4j2.configurationFile={JVM_SOURCES / 'solr' / 'log4j2.properties'}",
+            "-Dsolr.disableConfigSetsCreateAuthChecks=true",
+            "-cp",
+            f"{self.jars}/*",
+            str(JVM_SOURCES / "solr" / "SolrLauncher.java"),
+            str(self.solr_home),
+            str(self.port),
+        ]
+
+    def system_info(self) -> dict[str, object] | None:
+        try:
+            response = requests.get(
+                f"{self.base_url}/admin/info/system", params={"wt": "json"}, timeout=3
+            )
+        except requests.RequestException:
+            return None
+        if response.status_code != 200:
+            return None
+        info: dict[str, object] = response.json()
+        return info
+
+    def ready(self) -> bool:
+        info = self.system_info()
+        return info is not None and info.get("mode") == "solrcloud"
+
+    def version(self) -> str | None:
+        info = self.system_info()
+        lucene = info.get("lucene") if info else None
+        return str(lucene.get("solr-spec-version")) if isinstance(lucene, dict) else None
+
+
+class LocalStack:
+    """The Kafka and Solr processes under one stack home."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.stack.home.resolve()
+        self.services: list[_Service] = [
+            KafkaService(settings, self.home),
+            SolrService(settings, self.home),
+        ]
+
+    def up(self) -> list[ServiceStatus]:
+        """Start what is not running and wait until every service answers.
+
+        Raises ServiceError (one line: service, address, log file) when Java is missing, a port
+        is taken, or a service does not come up.
+        """
+        _java()  # fail early and clearly when Java is missing
+        started = [(service, service.start()) for service in self.services]
+        deadline = time.monotonic() + self.settings.stack.start_timeout_s
+        for service, pid in started:
+            service.wait_ready(pid, deadline)
+        return self.status()
+
+    def down(self) -> list[str]:
+        """Stop the processes this stack started; return the names of those stopped."""
+        return [service.name for service in reversed(self.services) if service.stop()]
+
+    def status(self) -> list[ServiceStatus]:
+        return [service.status() for service in self.services]
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    candidate = Path(java_home, "bin", "java") if java_home else None
+    if candidate and candidate.exists():
+        return str(candidate)
+    found = shutil.which("java")
+    if not found:
+        raise ServiceError("stack", "local", "Java not found: install Java 17+ or set JAVA_HOME")
+    return found
+
+
+def min_heap(heap: str) -> str:
+    """Initial heap: half the maximum (keeps the resting footprint modest)."""
+    match = re.fullmatch(r"(\d+)([kmgKMG])", heap)
+    if not match:
+        return heap
+    value, unit = int(match.group(1)), match.group(2).lower()
+    in_mb = value * {"k": 1 / 1024, "m": 1, "g": 1024}[unit]
+    return f"{max(64, int(in_mb // 2))}m"
+
+
+def _message_limit(settings: Settings) -> int:
+    """Largest Kafka message: the image limit plus room for the Avro envelope and metadata."""
+    return settings.limits.max_bytes + 1024 * 1024
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by us) counts as gone.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    if state == "Z":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no output)"
+    return " | ".join(line.strip() for line in text[-lines:]) or "(no output)"
