@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 MVN := mvn -q -B
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-unit test-integration lint bench clean stack-down
+.PHONY: setup debian-packages demo test test-unit test-integration lint bench clean stack-down
 
-setup: $(VENV)/.installed $(JVM)/kafka/.fetched $(JVM)/solr/.fetched $(JVM)/spark/.fetched dataset
+setup: $(VENV)/.installed $(JVM)/kafka/.fetched $(JVM)/solr/.fetched $(JVM)/spark/.fetched debian-packages
 
 # Reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -25,13 +25,20 @@ $(JVM)/%/.fetched: jvm/%/pom.xml
 	cd jvm/$* && $(MVN) dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(JVM)/$*
 	@touch $@
 
-# Debian's Fashion-MNIST (real data for training and the demo), when we may install it.
-dataset:
-	@if [ ! -d $(FASHION) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "setup: installing dataset-fashion-mnist"; \
-	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } || \
-	  echo "setup: could not install dataset-fashion-mnist (training on it will be skipped)"; \
+# Debian packages the demo and the tests use: Fashion-MNIST (real training data), kcat (an
+# independent Kafka client), docker-compose (validates docker-compose.yml without an engine).
+# Installed only when missing, and only when we may (root with apt).
+DEB_PACKAGES := dataset-fashion-mnist:$(FASHION) kcat:/usr/bin/kcat docker-compose:/usr/bin/docker-compose
+debian-packages:
+	@missing=""; for entry in $(DEB_PACKAGES); do \
+	  [ -e "$${entry#*:}" ] || missing="$$missing $${entry%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "setup: apt-get install$$missing"; \
+	    apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null; } || \
+	    echo "setup: could not install$$missing (the tests that need them will say so)"; \
+	  else echo "setup: missing Debian packages:$$missing (install them as root)"; fi; \
 	fi
 
 demo: setup

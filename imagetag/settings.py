@@ -165,6 +165,21 @@ class Settings(BaseSettings):
             node[path[-1]] = _parse_env_value(value)
         return values
 
+    def derive(self, **changes: Any) -> Settings:
+        """A copy with some values changed; a dict for a section changes only those keys.
+
+        ``settings.derive(kafka={"topic_images": "t1"}, vote_threshold=0.5)``. Used by tests and
+        jobs that need a variant (another topic, another collection) of the loaded settings.
+        """
+        update: dict[str, Any] = {}
+        for key, value in changes.items():
+            current = getattr(self, key)
+            if isinstance(value, dict) and isinstance(current, BaseModel):
+                update[key] = type(current).model_validate({**dict(current), **value})
+            else:
+                update[key] = value
+        return type(self).model_validate({**dict(self), **update})
+
     # -- derived addresses -------------------------------------------------------------------
 
     def kafka_port(self) -> int:

@@ -49,6 +49,7 @@ def spark_session(settings: Settings, app_name: str = "imagetag") -> SparkSessio
         .config("spark.executor.memory", spark_conf.executor_memory)
         .config("spark.sql.shuffle.partitions", str(spark_conf.shuffle_partitions))
         .config("spark.ui.enabled", str(spark_conf.ui_enabled).lower())
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.python.worker.reuse", "true")
