@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("imagetag.commands.stack", "start, stop or inspect the local Kafka + Solr stack"),
     "init": ("imagetag.commands.init", "create the Kafka topics and the Solr collection + alias"),
     "config": ("imagetag.commands.config", "print the effective settings (secrets masked)"),
+    "produce": ("imagetag.commands.produce", "send images (folders, datasets) to Kafka"),
 }
 
 

@@ -30,6 +30,8 @@ from imagetag.datasets import (
     write_tiny_images,
 )
 from imagetag.formats import sniff_format
+from producers import sources
+from producers.sources import SourceItem, open_source
 
 
 def _decode(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -392,3 +394,98 @@ def test_gzip_helper_detects_by_magic(tmp_path: Path) -> None:
     with gzip.open(tmp_path / "packed", "wb") as f:
         f.write(b"\x00\x00\x08\x01" + struct.pack(">I", 3) + b"\x01\x02\x03")
     assert count_records(tmp_path / "packed") == 3
+
+
+# -- producer sources on top of the readers -----------------------------------------------
+
+
+def _items(spec: str, **kwargs: object) -> list[SourceItem]:
+    return list(open_source(spec, **kwargs))  # type: ignore[arg-type]
+
+
+def test_source_folder_yields_paths_with_labels(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    items = _items(str(tmp_path), label_from="folder", patterns=("**/*.png",))
+    assert [(i.metadata["name"], i.label) for i in items] == [
+        ("top.png", None),
+        ("cats/a.png", "cats"),
+        ("dogs/deep/c.png", "deep"),
+    ]
+    assert items[1].image == tmp_path / "cats" / "a.png"  # the producer reads (and vets) it
+    assert items[1].source == (tmp_path / "cats" / "a.png").as_uri()
+
+
+def test_source_folder_labels_from_csv(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    (tmp_path / "labels.csv").write_text("cats/b.jpg,tabby\n")
+    items = _items(str(tmp_path), label_from=tmp_path / "labels.csv", patterns=("cats/*",))
+    assert [(i.metadata["name"], i.label) for i in items] == [
+        ("cats/a.png", None),
+        ("cats/b.jpg", "tabby"),
+    ]
+
+
+def test_source_single_and_missing_files(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    [item] = _items(str(tmp_path / "top.png"))
+    assert item.image == tmp_path / "top.png"
+    [missing] = _items(str(tmp_path / "nope.png"))  # refused later as unreadable, not here
+    assert missing.image == tmp_path / "nope.png"
+
+
+def test_source_cifar_folder_and_range(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar(folder, _rgb(5, (3, 32, 32, 3)), [1, 2, 3])
+    second = folder / "data_batch_1"
+    second.rename(folder / "data_batch_2")
+    _write_cifar(folder, _rgb(6, (3, 32, 32, 3)), [4, 5, 6])
+    items = _items(str(folder))
+    assert [i.label for i in items] == ["deer", "dog", "frog", "automobile", "bird", "cat"]
+    assert items[0].source == (folder / "data_batch_1").as_uri() + "#0"
+    assert items[3].source == (folder / "data_batch_2").as_uri() + "#0"
+    assert [i.label for i in _items(f"{folder}[2:5]")] == ["frog", "automobile", "bird"]
+    assert [i.label for i in _items(str(folder / "data_batch_2"), count=1)] == ["automobile"]
+    assert all(isinstance(i.image, bytes) and sniff_format(i.image) == "png" for i in items)
+
+
+def test_source_tiny_images_range(tmp_path: Path) -> None:
+    write_tiny_images(tmp_path / "tiny_images.bin", [_rgb(i) for i in range(10)])
+    source = open_source(f"{tmp_path / 'tiny_images.bin'}[3:6]")
+    assert source.len_hint() == 3
+    items = list(source)
+    assert [i.source.rsplit("#", 1)[1] for i in items] == ["3", "4", "5"]
+    assert items[0].metadata == {"dataset": "tiny-images", "name": "tiny_images.bin#3"}
+
+
+def test_source_sequence_file_by_magic(tmp_path: Path) -> None:
+    records = _png_records(3)
+    write_sequence_file(tmp_path / "part-00000", records, compression="block")
+    items = _items(str(tmp_path / "part-00000"))
+    assert [i.image for i in items] == [r.data for r in records]
+    assert items[0].source == (tmp_path / "part-00000").as_uri() + "#photos/img_0000.png"
+
+
+def test_source_idx_with_matching_labels(tmp_path: Path) -> None:
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", _rgb(7, (4, 28, 28)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([1, 2, 3, 4], np.uint8))
+    items = _items(str(tmp_path / "train-images-idx3-ubyte.gz"), start=1, count=2)
+    assert [i.label for i in items] == ["2", "3"]
+    fashion = list(sources.fashion_mnist("train", count=2, root=tmp_path))
+    assert [i.label for i in fashion] == ["Trouser", "Pullover"]
+    assert fashion[0].metadata["dataset"] == "fashion-mnist"
+
+
+@pytest.mark.skipif(
+    not datasets.FASHION_MNIST_ROOT.is_dir(), reason="dataset-fashion-mnist not installed"
+)
+def test_source_fashion_mnist_by_name() -> None:
+    source = open_source("fashion-mnist:test[:5]")
+    assert source.len_hint() == 5
+    assert [i.label for i in source][:3] == ["Ankle boot", "Pullover", "Trouser"]
+    assert open_source("fashion-mnist").len_hint() == 60_000
+
+
+def test_source_bad_range(tmp_path: Path) -> None:
+    write_tiny_images(tmp_path / "t.bin", [_rgb(0)])
+    with pytest.raises(DatasetError, match="empty range"):
+        open_source(f"{tmp_path / 't.bin'}[5:2]")
