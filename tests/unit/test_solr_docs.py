@@ -87,7 +87,7 @@ class FakeClient:
 def _writer(client: FakeClient, sleeps: list[float]) -> SolrWriter:
     settings = Settings.model_validate({"solr": {"batch_size": 3}})
     writer = SolrWriter(settings, sleep=sleeps.append, max_backoff_s=2.0)
-    writer.client = client  # type: ignore[assignment]
+    writer.client = client
     return writer
 
 
