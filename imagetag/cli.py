@@ -19,6 +19,11 @@ from imagetag.settings import Settings
 COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("imagetag.commands.stack", "start, stop or inspect the local Kafka + Solr stack"),
     "init": ("imagetag.commands.init", "create the Kafka topics and the Solr collection + alias"),
+    "stream": (
+        "imagetag.commands.stream",
+        "run the streaming tagging job (Kafka -> Spark -> Solr)",
+    ),
+    "search": ("imagetag.commands.search", "query Solr: images with a tag, or similar to an image"),
     "config": ("imagetag.commands.config", "print the effective settings (secrets masked)"),
     "produce": ("imagetag.commands.produce", "send images (folders, datasets) to Kafka"),
 }

@@ -81,6 +81,8 @@ class SparkSettings(_Section):
     ui_enabled: bool = False
     trigger_seconds: float = Field(default=1.0, gt=0)
     max_offsets_per_trigger: int = Field(default=5000, ge=1)
+    # The stream tags each image id once within this window (Spark watermark syntax).
+    dedupe_window: str = "1 hour"
     # Extra Spark properties, passed as they are (e.g. {"spark.executor.cores": "2"}).
     conf: dict[str, str] = Field(default_factory=dict)
 

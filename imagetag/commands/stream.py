@@ -1,0 +1,22 @@
+"""``imagetag stream``: run the streaming tagging job until SIGTERM (see streaming/job.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from imagetag.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help="give up after this many restarts of a failed query (default: never)",
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from streaming.job import run as run_stream
+
+    return run_stream(settings, max_restarts=args.max_restarts)
