@@ -20,22 +20,20 @@ This module is also a ``spark-submit`` entry point: ``spark-submit streaming/job
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from imagetag.pipeline import CurrentModel, SinkMarkers, kafka_options, tag_frame, write_outputs
 from imagetag.settings import Settings
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
@@ -43,14 +41,6 @@ log = logging.getLogger("imagetag.stream")
 
 TAG_QUERY = "imagetag-tag"
 ARCHIVE_QUERY = "imagetag-archive"
-
-# What mapInPandas hands back to foreachBatch: one row per input record.
-#   kind  = tagged | review | dead
-#   id    = image id (or "" for records without one)
-#   doc   = the Solr document as JSON (tagged)
-#   key, value = the Kafka record to write (review: TagResult, dead: DeadLetter)
-#   latency_ms = tagged_at - produced_at, for the progress line
-OUTPUT_SCHEMA = "kind string, id string, doc string, key binary, value binary, latency_ms long"
 
 ARCHIVE_SCHEMA = (
     "id string, image binary, content_type string, source string, produced_at timestamp, "
@@ -62,84 +52,15 @@ ARCHIVE_SCHEMA = (
 # -- executor side: pure functions over pandas batches -------------------------------------
 
 
-def tag_partition(
-    batches: Iterable[pd.DataFrame], model_bc: Broadcast[Any], settings_json: str
-) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: Kafka rows -> decoded events -> tag_batch -> uniform output rows."""
-    from streaming.records import tag_kafka_rows
-
-    settings = Settings.model_validate_json(settings_json)
-    model = model_bc.value  # unpickled once per Python worker per model version
-    for rows in batches:
-        yield tag_kafka_rows(rows, model, settings)
-
-
 def archive_partition(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """mapInPandas body of the archive query: keep the records that are valid ImageEvents."""
-    from streaming.records import archive_rows
+    from imagetag.records import archive_rows
 
     for rows in batches:
         yield archive_rows(rows)
 
 
 # -- driver side -------------------------------------------------------------------------
-
-
-class CurrentModel:
-    """The model bundle named by the store's CURRENT pointer, broadcast once per version.
-
-    ``get()`` is called at every micro-batch; it reads only the pointer unless the version
-    changed, in which case the new bundle is loaded and broadcast and the old broadcast freed.
-    """
-
-    def __init__(self, spark: SparkSession, settings: Settings) -> None:
-        self.spark = spark
-        self.settings = settings
-        self.version: str | None = None
-        self.broadcast: Broadcast[Any] | None = None
-
-    def get(self) -> Broadcast[Any]:
-        from imagetag.bundle import current_version, load_bundle
-
-        version = current_version(self.settings.model_store)
-        if version is None:
-            raise RuntimeError(
-                f"no model in {self.settings.model_store}: run `imagetag train` first"
-            )
-        if version != self.version or self.broadcast is None:
-            model = load_bundle(self.settings.model_store, version)
-            old = self.broadcast
-            self.broadcast = self.spark.sparkContext.broadcast(model)
-            if old is not None:
-                old.unpersist()
-            if self.version is not None:
-                log.info("model swapped: %s -> %s", self.version, version)
-            else:
-                log.info("model %s loaded", version)
-            self.version = version
-        return self.broadcast
-
-
-class SinkMarkers:
-    """Which micro-batches already wrote their review / dead-letter records.
-
-    Solr upserts are idempotent by id; Kafka appends are not. When Spark re-runs a batch after a
-    crash (its offsets were not committed), the Kafka writes are skipped if this batch's marker
-    exists, so a replay does not append the same review or dead-letter records twice.
-    """
-
-    def __init__(self, checkpoint: str) -> None:
-        self.folder = Path(checkpoint) / "sinks"
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def done(self, batch_id: int) -> bool:
-        return (self.folder / str(batch_id)).exists()
-
-    def mark(self, batch_id: int) -> None:
-        (self.folder / str(batch_id)).touch()
-        for old in self.folder.iterdir():  # keep the last 100
-            if old.name.isdigit() and int(old.name) < batch_id - 100:
-                old.unlink(missing_ok=True)
 
 
 class BatchStats:
@@ -164,10 +85,6 @@ class BatchStats:
             return self.by_batch.pop(batch_id, {})
 
 
-def kafka_options(settings: Settings) -> dict[str, str]:
-    return {f"kafka.{k}": v for k, v in settings.kafka.client_config().items()}
-
-
 def read_images(spark: SparkSession, settings: Settings) -> DataFrame:
     """The ``images`` topic as a stream of raw Kafka records."""
     return (
@@ -184,84 +101,17 @@ def read_images(spark: SparkSession, settings: Settings) -> DataFrame:
     )
 
 
-def write_kafka(df: DataFrame, settings: Settings, topic: str) -> None:
-    (
-        df.select("key", "value")
-        .write.format("kafka")
-        .options(**kafka_options(settings))
-        .option("kafka.enable.idempotence", "true")
-        .option("kafka.acks", "all")
-        .option("kafka.compression.type", "zstd")
-        .option("kafka.max.request.size", str(settings.limits.max_bytes + 2**20))
-        .option("topic", topic)
-        .save()
-    )
-
-
-def solr_partition(
-    settings_json: str,
-) -> Callable[[Iterable[Any]], Iterator[tuple[str, str, str]]]:
-    """mapPartitions body: upsert one partition's documents; yield the refused ones."""
-
-    def write(rows: Iterable[Any]) -> Iterator[tuple[str, str, str]]:
-        from imagetag.solr import SolrWriter
-
-        settings = Settings.model_validate_json(settings_json)
-        docs = [json.loads(row.doc) for row in rows]
-        if not docs:
-            return
-        result = SolrWriter(settings).write(docs)
-        for doc, reason in result.rejected:
-            yield doc["id"], json.dumps(doc), reason
-
-    return write
-
-
 def make_batch_writer(
     spark: SparkSession, settings: Settings, stats: BatchStats, checkpoint: str
 ) -> Callable[[DataFrame, int], None]:
     """The foreachBatch function of the tag query."""
-    from streaming.records import dead_letter_for_refused_doc
-
     models = CurrentModel(spark, settings)
     markers = SinkMarkers(checkpoint)
-    settings_json = settings.model_dump_json()
 
     def process(batch: DataFrame, batch_id: int) -> None:
-        model_bc = models.get()
-        out = batch.mapInPandas(
-            lambda it: tag_partition(it, model_bc, settings_json), OUTPUT_SCHEMA
-        ).persist()
+        out = tag_frame(batch, models.get(), settings)
         try:
-            counts = {
-                row["kind"]: int(row["count"]) for row in out.groupBy("kind").count().collect()
-            }
-            # 1. Solr first: this stalls (retrying) while Solr is unavailable.
-            refused = (
-                out.where("kind = 'tagged'")
-                .select("doc")
-                .rdd.mapPartitions(solr_partition(settings_json))
-                .collect()
-            )
-            # 2. Then the Kafka side topics, once per batch even if the batch is replayed.
-            if not markers.done(batch_id):
-                if counts.get("review"):
-                    write_kafka(out.where("kind = 'review'"), settings, settings.kafka.topic_review)
-                if counts.get("dead"):
-                    write_kafka(out.where("kind = 'dead'"), settings, settings.kafka.topic_dlq)
-                if refused:
-                    letters = [
-                        dead_letter_for_refused_doc(image_id, doc, reason, settings)
-                        for image_id, doc, reason in refused
-                    ]
-                    write_kafka(
-                        spark.createDataFrame(letters, "key binary, value binary"),
-                        settings,
-                        settings.kafka.topic_dlq,
-                    )
-                markers.mark(batch_id)
-            counts["tagged"] = counts.get("tagged", 0) - len(refused)
-            counts["dead"] = counts.get("dead", 0) + len(refused)
+            counts = write_outputs(spark, settings, out, markers, batch_id)
             latencies = [
                 int(r[0])
                 for r in out.where("kind = 'tagged' AND latency_ms IS NOT NULL")

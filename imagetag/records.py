@@ -157,13 +157,25 @@ def _tag_result(row: dict[str, Any], event: dict[str, Any], threshold: float) ->
 def tag_kafka_rows(rows: pd.DataFrame, model: Any, settings: Settings) -> pd.DataFrame:
     """Kafka rows -> one output row each: tagged (a Solr doc), review (a TagResult) or dead
     (a DeadLetter with the original key and value)."""
+    events, dead = decode_events(rows)
+    out = tag_events(events, model, settings)
+    dead_rows = pd.DataFrame(
+        [("dead", "", None, key, value, None) for key, value in dead], columns=OUTPUT_COLUMNS
+    )
+    return pd.concat([dead_rows, out], ignore_index=True) if len(dead_rows) else out
+
+
+def tag_events(events: pd.DataFrame, model: Any, settings: Settings) -> pd.DataFrame:
+    """ImageEvents (as ``decode_events`` returns them) -> one output row each.
+
+    ``events`` needs the ImageEvent fields plus ``ingested_at`` (ms), ``topic``, ``partition``,
+    ``offset``, ``kafka_key`` and ``kafka_value`` (the record to dead-letter byte for byte; a
+    backfill passes the bytes it read and its input coordinates).
+    """
     from imagetag.tagging import tag_batch
 
     _, serialize_result, _ = _serde()
-    events, dead = decode_events(rows)
-    out: list[tuple[str, str, str | None, bytes | None, bytes | None, int | None]] = [
-        ("dead", "", None, key, value, None) for key, value in dead
-    ]
+    out: list[tuple[str, str, str | None, bytes | None, bytes | None, int | None]] = []
     if len(events):
         by_id = {event["id"]: event for event in events.to_dict("records")}
         batch = events.drop(columns=["kafka_key", "kafka_value"])
