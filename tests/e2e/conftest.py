@@ -1,0 +1,204 @@
+"""End-to-end fixtures: a trained model, the stream as a real `imagetag stream` process, and
+readers of Solr and Kafka that count what the stream wrote."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from confluent_kafka import Consumer, TopicPartition
+
+from imagetag.datasets import fashion_mnist_paths, read_idx
+from imagetag.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as IMAGETAG_* environment variables (for a child `imagetag` process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETAG_")}
+
+    def flatten(prefix: str, value: Any) -> None:
+        if (
+            isinstance(value, dict)
+            and not prefix.endswith("__CLIENT")
+            and not prefix.endswith("__CONF")
+        ):
+            for key, inner in value.items():
+                flatten(f"{prefix}__{key.upper()}" if prefix else key.upper(), inner)
+        elif value is not None:
+            env[f"IMAGETAG_{prefix}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+
+    data = settings.model_dump(mode="json")
+    data["kafka"]["client"] = settings.kafka.client_config() | {}
+    data["kafka"]["client"].pop("bootstrap.servers", None)
+    if not data["kafka"]["client"]:
+        del data["kafka"]["client"]
+    if not data["spark"]["conf"]:
+        del data["spark"]["conf"]
+    flatten("", data)
+    return env
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 1.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def fashion_images(count: int, start: int = 0) -> list[tuple[bytes, str]]:
+    """(PNG bytes, label) of Fashion-MNIST test images."""
+    images, labels = fashion_mnist_paths("test")
+    return [(r.data, str(r.label)) for r in read_idx(images, labels, start=start, count=count)]
+
+
+def solr_docs(settings: Settings, fl: str = "id,model_version,tags,confidence") -> list[dict]:
+    """Every document in the collection (after a commit), paged with cursorMark."""
+    url = f"{settings.solr.url}/{settings.solr.collection}"
+    requests.get(f"{url}/update", params={"commit": "true"}, timeout=30).raise_for_status()
+    docs: list[dict] = []
+    cursor = "*"
+    while True:
+        body = requests.get(
+            f"{url}/select",
+            params={
+                "q": "*:*",
+                "fl": fl,
+                "rows": "1000",
+                "sort": "id asc",
+                "cursorMark": cursor,
+                "facet": "false",
+                "wt": "json",
+            },
+            timeout=30,
+        ).json()
+        docs.extend(body["response"]["docs"])
+        if body["nextCursorMark"] == cursor:
+            return docs
+        cursor = body["nextCursorMark"]
+
+
+def solr_count(settings: Settings) -> int:
+    url = f"{settings.solr.url}/{settings.solr.collection}/select"
+    body = requests.get(url, params={"q": "*:*", "rows": "0", "wt": "json"}, timeout=30).json()
+    return int(body["response"]["numFound"])
+
+
+def topic_records(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """All (key, value) records of a topic, from the beginning to the current end."""
+    consumer = Consumer(
+        {
+            **settings.kafka.client_config(),
+            "group.id": f"e2e-reader-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = list(metadata.topics[topic].partitions)
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        wanted = {p: end for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, 0) for p in wanted])
+        records: list[tuple[bytes | None, bytes]] = []
+        done: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(done) < len(wanted) and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None or message.error():
+                continue
+            records.append((message.key(), message.value() or b""))
+            partition, offset = int(message.partition() or 0), int(message.offset() or 0)
+            if offset + 1 >= wanted[partition]:
+                done.add(partition)
+        return records
+    finally:
+        consumer.close()
+
+
+def raw_send(settings: Settings, records: list[tuple[bytes | None, bytes]]) -> None:
+    """Send records bypassing ImageProducer's validation (a misbehaving client)."""
+    from confluent_kafka import Producer
+
+    producer = Producer(settings.kafka.client_config())
+    for key, value in records:
+        producer.produce(settings.kafka.topic_images, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class StreamProcess:
+    """`imagetag stream` as a child process with the given settings."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StreamProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the child)
+        self.process = subprocess.Popen(
+            [IMAGETAG, "stream"],
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        wait_until(lambda: "streaming " in self.log(), 120, "the stream to start")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        return int(self.process.returncode)
+
+
+@pytest.fixture
+def stream_factory(tmp_path: Path) -> Iterator[Callable[[Settings], StreamProcess]]:
+    started: list[StreamProcess] = []
+
+    def make(settings: Settings) -> StreamProcess:
+        stream = StreamProcess(settings, tmp_path / f"stream-{len(started)}.log")
+        started.append(stream)
+        return stream
+
+    yield make
+    for stream in started:
+        if stream.process is not None and stream.process.poll() is None:
+            stream.stop()
