@@ -1,15 +1,34 @@
-"""``make demo``: the whole story on the embedded stack, saying what it did at each step."""
+"""``make demo``: the whole story on the embedded stack, saying what it did at each step.
+
+1. start the local Kafka + SolrCloud and run ``imagetag init``;
+2. train a model on a Fashion-MNIST subset (skipped when the model store already has one);
+3. start ``imagetag stream`` as its own process;
+4. produce the 10,000 Fashion-MNIST test images plus a handful of corrupt files;
+5. wait until every record is accounted for (Solr + review + dead letters) and print the
+   figures, then stop the stream (the stack keeps running for the queries it suggests).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+import numpy as np
+import requests
 
 from imagetag.errors import ImagetagError
 from imagetag.kafka_admin import ensure_topics
 from imagetag.settings import Settings
 from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
+
+IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
+TRAIN_LIMIT = int(os.environ.get("DEMO_TRAIN_LIMIT", "20000"))
+PRODUCE = int(os.environ.get("DEMO_IMAGES", "10000"))
 
 
 def step(message: str) -> float:
@@ -21,42 +40,218 @@ def done(started: float, message: str) -> None:
     print(f"    {message} ({time.monotonic() - started:.1f}s)", flush=True)
 
 
+def corrupt_files() -> list[tuple[str, bytes]]:
+    """Files that pass the producer's magic-byte check but cannot be decoded."""
+    from imagetag.datasets import fashion_mnist_paths, read_idx
+
+    images, labels = fashion_mnist_paths("train")
+    png = next(iter(read_idx(images, labels, start=59_999, count=1))).data
+    rng = np.random.default_rng(7)
+    return [
+        ("truncated.png", png[: len(png) // 2]),
+        ("header-only.png", png[:33]),
+        ("garbage.png", b"\x89PNG\r\n\x1a\n" + rng.bytes(500)),
+        ("garbage.jpg", b"\xff\xd8\xff\xe0" + rng.bytes(800)),
+        ("bomb.png", _png_bomb_header()),
+    ]
+
+
+def _png_bomb_header() -> bytes:
+    """A PNG header claiming 100,000 x 100,000 pixels (refused before any decoding)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + b"\x00" * 64
+    )
+
+
+def count_topic(settings: Settings, topic: str) -> int:
+    """Records in a topic (sum of high watermarks; our topics are never compacted/trimmed here)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": "imagetag-demo-count"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            - consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0]
+            for p in partitions
+        )
+    finally:
+        consumer.close()
+
+
+def solr_select(settings: Settings, **params: str) -> dict:
+    url = f"{settings.solr.url}/{settings.solr.collection}/select"
+    response = requests.get(url, params={"wt": "json", **params}, timeout=30)
+    response.raise_for_status()
+    return dict(response.json())
+
+
 def main() -> int:
     settings = Settings.load()
     try:
-        started = step("starting the local stack (Kafka KRaft + SolrCloud)")
-        for status in LocalStack(settings).up():
-            print(f"    {status.line()}")
-        done(started, "stack up")
-
-        started = step("imagetag init: topics, configset, collection behind its alias")
-        created = ensure_topics(settings)
-        collection, _ = SolrAdmin(settings).ensure_collection()
-        done(
-            started,
-            f"topics {', '.join(created)}; alias {settings.solr.collection} -> {collection}",
-        )
-
-        started = step("round trip through Kafka with Spark's Kafka sink and source")
-        from imagetag.smoke import spark_kafka_round_trip
-        from imagetag.spark import spark_session
-
-        spark = spark_session(settings, "imagetag-demo")
-        smoke_topic = f"{settings.kafka.topic_images}.smoke"
-        ensure_topics(settings, [smoke_topic])
-        pairs = spark_kafka_round_trip(spark, settings, smoke_topic, count=5)
-        spark.stop()
-        done(started, f"wrote 5 records to {smoke_topic} with Spark, read back {len(pairs)}")
-        for key, value in pairs[:2]:
-            print(f"    {key}: {value}")
+        return run(settings)
     except ImagetagError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
-    print(
-        "\nThe stack keeps running; stop it with `.venv/bin/imagetag stack down`.\n"
-        f"Try: curl '{settings.solr.url}/{settings.solr.collection}/select?q=*:*'"
-    )
+
+
+def run(settings: Settings) -> int:
+    from imagetag.bundle import current_version
+    from producers import ImageProducer
+
+    started = step("starting the local stack (Kafka KRaft + SolrCloud)")
+    for status in LocalStack(settings).up():
+        print(f"    {status.line()}")
+    done(started, "stack up")
+
+    started = step("imagetag init: topics, configset, collection behind its alias")
+    ensure_topics(settings)
+    collection, _ = SolrAdmin(settings).ensure_collection()
+    done(started, f"alias {settings.solr.collection} -> {collection}")
+
+    version = current_version(settings.model_store)
+    if version is None:
+        started = step(f"training on {TRAIN_LIMIT} Fashion-MNIST training images")
+        subprocess.run(
+            [IMAGETAG, "train", "--data", "fashion-mnist", "--limit", str(TRAIN_LIMIT)],
+            check=True,
+        )
+        version = current_version(settings.model_store)
+        done(started, f"model {version} promoted")
+    else:
+        print(f"==> using model {version} from {settings.model_store} (delete it to retrain)")
+
+    logs = settings.stack.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stream_log = logs / "stream.log"
+    started = step(f"starting `imagetag stream` (log: {stream_log})")
+    with open(stream_log, "ab") as log_file:
+        stream = subprocess.Popen([IMAGETAG, "stream"], stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: "streaming " in stream_log.read_text(errors="replace"), 180, stream)
+        done(started, f"stream running, pid {stream.pid}")
+        before = {
+            "solr": int(solr_select(settings, rows="0", facet="false")["response"]["numFound"]),
+            "review": count_topic(settings, settings.kafka.topic_review),
+            "dlq": count_topic(settings, settings.kafka.topic_dlq),
+        }
+        started = step(f"producing {PRODUCE} Fashion-MNIST test images + corrupt files")
+        from imagetag.datasets import fashion_mnist_paths, read_idx
+
+        images, labels = fashion_mnist_paths("test")
+        ids: set[str] = set()
+        produce_started = time.time()
+        with ImageProducer(settings) as producer:
+            for record in read_idx(images, labels, count=PRODUCE):
+                producer.send(record.data, label=record.label, source=f"demo://{record.name}")
+                ids.add(hashlib.sha256(record.data).hexdigest())
+            bad = corrupt_files()
+            for name, data in bad:
+                producer.send(data, source=f"demo://corrupt/{name}")
+        stats = producer.stats
+        done(started, f"sent {stats.sent}, refused {sum(stats.refused.values())}")
+
+        started = step("waiting until every image is accounted for")
+        expected_dead = len(bad)
+
+        def counts() -> tuple[int, int, int]:
+            return (
+                int(solr_select(settings, rows="0", facet="false")["response"]["numFound"])
+                - before["solr"],
+                count_topic(settings, settings.kafka.topic_review) - before["review"],
+                count_topic(settings, settings.kafka.topic_dlq) - before["dlq"],
+            )
+
+        def all_in() -> bool:
+            solr, review, dlq = counts()
+            print(f"\r    solr={solr} review={review} dlq={dlq}   ", end="", flush=True)
+            return solr + review >= len(ids) and dlq >= expected_dead
+
+        requests.get(
+            f"{settings.solr.url}/{settings.solr.collection}/update",
+            params={"commit": "true"},
+            timeout=30,
+        )
+        _wait(all_in, 1800, stream, interval=2.0)
+        print()
+        elapsed = time.time() - produce_started
+        done(started, "all accounted for")
+        report(settings, counts(), len(ids), elapsed, produce_started)
+    finally:
+        stream.terminate()
+        stream.wait(120)
     return 0
+
+
+def _wait(
+    condition: object, timeout_s: float, process: subprocess.Popen[bytes], interval: float = 1.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ImagetagError(f"the stream exited with {process.returncode}; see its log")
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(interval)
+    raise ImagetagError(f"timed out after {timeout_s:.0f}s")
+
+
+def report(
+    settings: Settings, counts: tuple[int, int, int], distinct: int, elapsed: float, since: float
+) -> None:
+    solr, review, dlq = counts
+    since_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since - 1))
+    window = f"ingested_at:[{since_iso} TO *]"
+    docs = solr_select(
+        settings, q=window, fl="label,top_tag,ingested_at,tagged_at", rows="100000", facet="false"
+    )["response"]["docs"]
+    latencies = [
+        _parse(d["tagged_at"]) - _parse(d["ingested_at"])
+        for d in docs
+        if "tagged_at" in d and "ingested_at" in d
+    ]
+    labelled = [d for d in docs if d.get("label")]
+    n_labelled = len(labelled)
+    n_correct = sum(d["label"] == d.get("top_tag") for d in labelled)
+    print("\n==> results")
+    print(f"    distinct valid images sent     {distinct}")
+    print(f"    tagged and indexed in Solr     {solr}")
+    print(f"    sent to review (votes < {settings.vote_threshold:.2f})  {review}")
+    print(f"    dead-lettered                  {dlq}")
+    if n_labelled:
+        print(
+            f"    precision of indexed top tags  {n_correct / n_labelled:.3f} ({n_correct}/{n_labelled})"
+        )
+    if latencies:
+        p50, p99 = np.percentile(latencies, [50, 99])
+        print(
+            f"    latency produce -> tagged      p50 {p50:.2f}s  p99 {p99:.2f}s "
+            f"(a {distinct}-image burst; visible in search within commitWithin="
+            f"{settings.solr.commit_within_ms}ms more)"
+        )
+    print(f"    wall time from first send      {elapsed:.0f}s ({distinct / elapsed:.0f} images/s)")
+    base = f"{settings.solr.url}/{settings.solr.collection}"
+    print("\n==> try these")
+    print(f"    curl '{base}/select?q=*:*&rows=0'                       # tag facets")
+    print(f"    curl '{base}/select?q=tags:Sneaker&fq=confidence:[0.8%20TO%20*]'")
+    print("    .venv/bin/imagetag search Bag --min-confidence 0.7")
+    print("    .venv/bin/imagetag search --similar-to <id from the line above>")
+    print("    .venv/bin/imagetag stack down                         # when you are done")
+
+
+def _parse(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 if __name__ == "__main__":

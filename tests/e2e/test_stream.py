@@ -1,0 +1,213 @@
+"""The streaming job end to end on the real stack: Kafka in, Solr / review / DLQ out.
+
+Each test runs `imagetag stream` as a real process against its own topics, collection,
+checkpoints and archive, with a model trained once per session on a Fashion-MNIST subset.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from imagetag.avro import AvroDeserializer, AvroSerializer
+from imagetag.settings import Settings
+from imagetag.stack import SolrService
+from producers import ImageProducer
+from tests.e2e.conftest import (
+    IMAGETAG,
+    ROOT,
+    StreamProcess,
+    fashion_images,
+    raw_send,
+    settings_env,
+    sha256,
+    solr_count,
+    solr_docs,
+    topic_records,
+    wait_until,
+)
+
+TRAIN_ARGS = ["--data", "fashion-mnist", "--limit", "3000", "--k", "64", "--trees", "30"]
+
+
+def train(settings: Settings, *extra: str) -> None:
+    result = subprocess.run(
+        [IMAGETAG, "train", *TRAIN_ARGS, *extra],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def model_store(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> str:
+    store = str(tmp_path_factory.mktemp("e2e-models"))
+    train(settings.derive(model_store=store))
+    return store
+
+
+@pytest.fixture
+def stream_settings(isolated_settings: Settings, model_store: str, tmp_path: Path) -> Settings:
+    return isolated_settings.derive(
+        model_store=model_store,
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        archive_dir=str(tmp_path / "archive"),
+        spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 200},
+    )
+
+
+def corrupt_records(settings: Settings) -> list[tuple[bytes | None, bytes]]:
+    """Four kinds of bad input a misbehaving producer could send."""
+    serialize = AvroSerializer("ImageEvent")
+    png, _ = fashion_images(1, start=9000)[0]
+
+    def event(image: bytes, image_id: str | None = None) -> bytes:
+        return serialize(
+            {
+                "id": image_id or sha256(image),
+                "image": image,
+                "content_type": "image/png",
+                "source": "test://corrupt",
+                "produced_at": int(time.time() * 1000),
+            }
+        )
+
+    not_an_image = b"this is not an image at all"
+    truncated = png[: len(png) // 2]
+    return [
+        (None, b"\x00not avro"),  # not Avro single-object encoding
+        (sha256(not_an_image).encode(), event(not_an_image)),
+        (sha256(truncated).encode(), event(truncated)),
+        (b"x", event(png, image_id="0" * 64)),  # id is not the image's sha256
+    ]
+
+
+def produce(settings: Settings, images: list[tuple[bytes, str]]) -> set[str]:
+    with ImageProducer(settings) as producer:
+        for data, label in images:
+            producer.send(data, label=label, source="test://fashion")
+    assert producer.stats.failed == 0
+    return {sha256(data) for data, _ in images}
+
+
+def accounted(settings: Settings, valid: int, dead: int) -> Callable[[], bool]:
+    def check() -> bool:
+        review = len(topic_records(settings, settings.kafka.topic_review))
+        dlq = len(topic_records(settings, settings.kafka.topic_dlq))
+        return solr_count(settings) + review >= valid and dlq >= dead
+
+    return check
+
+
+def assert_exact(settings: Settings, ids: set[str], dead: int) -> None:
+    docs = solr_docs(settings)
+    solr_ids = [d["id"] for d in docs]
+    assert len(solr_ids) == len(set(solr_ids)), "duplicate ids in Solr"
+    review = [k.decode() for k, _ in topic_records(settings, settings.kafka.topic_review) if k]
+    assert len(review) == len(set(review)), "an image went to review twice"
+    assert set(solr_ids).isdisjoint(review)
+    assert set(solr_ids) | set(review) == ids
+    assert len(topic_records(settings, settings.kafka.topic_dlq)) == dead
+
+
+def test_every_image_is_accounted_for_exactly_once(
+    stream_settings: Settings, stream_factory: Callable[[Settings], StreamProcess]
+) -> None:
+    images = fashion_images(300)
+    duplicates = images[:7]
+    ids = produce(stream_settings, images + duplicates)
+    bad = corrupt_records(stream_settings)
+    raw_send(stream_settings, bad)
+
+    stream = stream_factory(stream_settings).start()
+    wait_until(accounted(stream_settings, len(ids), len(bad)), 300, "all records accounted for")
+    time.sleep(3)  # a late duplicate would show up now
+    assert_exact(stream_settings, ids, dead=len(bad))
+
+    letters = [
+        AvroDeserializer("DeadLetter")(v)
+        for _, v in topic_records(stream_settings, stream_settings.kafka.topic_dlq)
+    ]
+    originals = {value for _, value in bad}
+    assert {letter["value"] for letter in letters} == originals  # byte for byte
+    reasons = {letter["reason"] for letter in letters}
+    assert {"bad_magic", "id_mismatch"} <= reasons
+    assert all(letter["detail"] or letter["reason"] for letter in letters)
+    assert stream.stop() == 0
+    assert "batch " in stream.log() and " tagged=" in stream.log()
+
+    # The archive query stored every valid image with its bytes (the backfill's corpus).
+    import pandas as pd
+
+    archive = pd.read_parquet(stream_settings.archive_dir)
+    assert set(archive["id"]) >= ids
+
+
+def test_sigkill_mid_run_loses_and_duplicates_nothing(
+    stream_settings: Settings, stream_factory: Callable[[Settings], StreamProcess]
+) -> None:
+    ids = produce(stream_settings, fashion_images(600, start=1000))
+    first = stream_factory(stream_settings).start()
+    wait_until(lambda: solr_count(stream_settings) > 0, 180, "the first batches")
+    first.kill()
+    seen = solr_count(stream_settings)
+    second = stream_factory(stream_settings).start()
+    wait_until(accounted(stream_settings, len(ids), 0), 300, "all records accounted for")
+    time.sleep(3)
+    assert_exact(stream_settings, ids, dead=0)
+    assert seen < len(ids), "the kill came too late to test anything"
+    assert second.stop() == 0
+
+
+def test_solr_outage_stalls_and_resumes(
+    stream_settings: Settings,
+    stream_factory: Callable[[Settings], StreamProcess],
+    settings: Settings,
+) -> None:
+    stream = stream_factory(stream_settings).start()
+    first = produce(stream_settings, fashion_images(100, start=2000))
+    wait_until(accounted(stream_settings, len(first), 0), 180, "the first images")
+    solr = SolrService(settings, settings.stack.home.resolve())
+    solr.stop()
+    try:
+        second = produce(stream_settings, fashion_images(200, start=2100))
+        time.sleep(30)
+        assert stream.process is not None and stream.process.poll() is None, "stream died"
+    finally:
+        pid = solr.start()
+        solr.wait_ready(pid, time.monotonic() + 120)
+    wait_until(accounted(stream_settings, len(first | second), 0), 300, "the stalled images")
+    assert_exact(stream_settings, first | second, dead=0)
+    assert "solr at" in stream.log() and "retrying" in stream.log()
+    assert stream.stop() == 0
+
+
+def test_promoted_model_is_used_without_restart(
+    stream_settings: Settings, stream_factory: Callable[[Settings], StreamProcess], tmp_path: Path
+) -> None:
+    import shutil
+
+    store = tmp_path / "models"
+    shutil.copytree(stream_settings.model_store, store)
+    own = stream_settings.derive(model_store=str(store))
+    stream = stream_factory(own).start()
+    before = produce(own, fashion_images(50, start=3000))
+    wait_until(accounted(own, len(before), 0), 180, "images tagged by the first model")
+    old_versions = {d["model_version"] for d in solr_docs(own)}
+    assert len(old_versions) == 1
+
+    train(own, "--trees", "20")  # a new bundle; promoted because none is better yet
+    after = produce(own, fashion_images(50, start=3100))
+    wait_until(accounted(own, len(before | after), 0), 240, "images after the swap")
+    docs = {d["id"]: d["model_version"] for d in solr_docs(own)}
+    new_versions = {docs[i] for i in after if i in docs}
+    assert new_versions and new_versions.isdisjoint(old_versions)
+    assert "model swapped" in stream.log()
+    assert stream.stop() == 0
