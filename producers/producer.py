@@ -157,16 +157,14 @@ class _ConfluentClient:
         except KafkaException as exc:
             raise ConfigError(f"invalid Kafka producer configuration: {exc}") from exc
 
-    def check(self, topic: str, timeout_s: float) -> None:
+    def list_topics(self, timeout_s: float) -> set[str]:
         try:
-            metadata = self._producer.list_topics(topic, timeout=timeout_s)
+            # All topics: asking for one by name would make a broker with
+            # auto.create.topics.enable create it, hiding a typo.
+            metadata = self._producer.list_topics(timeout=timeout_s)
         except self._kafka_exception as exc:
             raise ServiceError("kafka", self._address, f"not reachable: {exc}") from exc
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None:
-            raise ServiceError(
-                "kafka", self._address, f"topic {topic!r} does not exist (run `imagetag init`)"
-            )
+        return {name for name, t in metadata.topics.items() if t.error is None}
 
     def produce(
         self,
@@ -262,6 +260,7 @@ class _KafkaPythonClient:
             enable_idempotence=True,
         )
         self._address = settings.kafka.bootstrap_servers
+        self._config = config
         try:
             self._producer = kafka.KafkaProducer(**config)
         except self._errors.NoBrokersAvailable as exc:
@@ -272,15 +271,23 @@ class _KafkaPythonClient:
         self._pending_bytes = 0
         self._lock = threading.Lock()
 
-    def check(self, topic: str, timeout_s: float) -> None:
+    def list_topics(self, timeout_s: float) -> set[str]:
+        from kafka.admin import KafkaAdminClient
+
+        # An admin listing, not partitions_for(topic): a metadata request naming the topic
+        # would make a broker with auto.create.topics.enable create it, hiding a typo.
+        admin_config = {
+            k: v for k, v in self._config.items() if k in KafkaAdminClient.DEFAULT_CONFIG
+        }
+        admin_config["request_timeout_ms"] = int(timeout_s * 1000)
         try:
-            partitions = self._producer.partitions_for(topic)
-        except self._errors.KafkaTimeoutError as exc:
+            admin = KafkaAdminClient(**admin_config)
+            try:
+                return set(admin.list_topics())
+            finally:
+                admin.close()
+        except self._errors.KafkaError as exc:
             raise ServiceError("kafka", self._address, f"not reachable: {exc}") from exc
-        if not partitions:
-            raise ServiceError(
-                "kafka", self._address, f"topic {topic!r} does not exist (run `imagetag init`)"
-            )
 
     def produce(
         self,
@@ -382,10 +389,23 @@ class ImageProducer:
         self._closed = False
         if check:
             try:
-                client.check(self.topic, check_timeout_s)
+                self._check_topic(client, check_timeout_s)
             except ServiceError:
                 client.close()
                 raise
+
+    def _check_topic(self, client: _ConfluentClient | _KafkaPythonClient, timeout_s: float) -> None:
+        # A topic created a moment ago (`imagetag init` just before) may take a little while
+        # to show in every broker's metadata: look again for a few seconds before giving up.
+        deadline = time.monotonic() + min(timeout_s, 5.0)
+        while self.topic not in client.list_topics(timeout_s):
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    "kafka",
+                    self.settings.kafka.bootstrap_servers,
+                    f"topic {self.topic!r} does not exist (run `imagetag init`)",
+                )
+            time.sleep(0.25)
 
     # -- validation ------------------------------------------------------------------------
 
