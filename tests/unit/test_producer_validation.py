@@ -309,3 +309,47 @@ def test_kafka_python_rejects_untranslatable_options(settings: Settings) -> None
     fallback = settings.derive(kafka={"client_library": "kafka-python"})
     with pytest.raises(ConfigError, match="no kafka-python equivalent"):
         ImageProducer(fallback, topic="t", client_config={"socket.keepalive.enable": "true"})
+
+
+# -- the produce command's pieces that need no broker ------------------------------------------
+
+
+def test_produce_command_arguments() -> None:
+    from imagetag import cli
+    from imagetag.commands import produce
+    from imagetag.errors import ImagetagError
+
+    args = cli.build_parser().parse_args(
+        [
+            "produce",
+            "a/",
+            "b.bin[0:10]",
+            "--label-from",
+            "csv:l.csv",
+            "--limit",
+            "5",
+            "--glob",
+            "*.png",
+        ]
+    )
+    assert (args.sources, args.limit, args.glob) == (["a/", "b.bin[0:10]"], 5, ["*.png"])
+    assert produce._label_from(args.label_from) == Path("l.csv")
+    assert produce._label_from("folder") == "folder"
+    assert produce._label_from(None) is None
+    with pytest.raises(ImagetagError, match="--label-from"):
+        produce._label_from("parent")
+
+
+def test_produce_summary_counts_undelivered_as_failed() -> None:
+    from imagetag.commands import produce
+
+    stats = {
+        "queued": 10, "sent": 7, "failed": 1, "bytes_sent": 7_000_000,
+        "refused": {"empty": 2, "unreadable": 1}, "refused_total": 3,
+        "failures": {"MSG_SIZE_TOO_LARGE": 1},
+    }  # fmt: skip
+    summary = produce._summary(stats, 2.0, "images")
+    assert (summary["sent"], summary["refused"], summary["failed"]) == (7, 3, 3)
+    text = produce._format(summary)
+    assert "refused:  3 (empty: 2, unreadable: 1)" in text
+    assert "3.5 MB/s" in text
