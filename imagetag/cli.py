@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("imagetag.commands.search", "query Solr: images with a tag, or similar to an image"),
     "config": ("imagetag.commands.config", "print the effective settings (secrets masked)"),
     "produce": ("imagetag.commands.produce", "send images (folders, datasets) to Kafka"),
+    "backfill": (
+        "imagetag.commands.backfill",
+        "tag a historical corpus with Spark (archive, folder, datasets, Kafka); re-tag",
+    ),
 }
 
 
