@@ -796,37 +796,43 @@ def list_folder(spark: SparkSession, root: str, glob: str | None) -> list[str]:
     return sorted(reader.load(spark_path(root)).inputFiles(), key=path_key)
 
 
-def file_sizes(spark: SparkSession, roots: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """path_key -> (size, modification time) of every file under ``roots`` (Hadoop listing,
-    so any filesystem Spark reads works)."""
+def list_data_files(spark: SparkSession, root: str) -> list[tuple[str, int, int]]:
+    """(URI, size, modification time) of the data files under ``root``, listed with Hadoop's
+    FileSystem (so any filesystem Spark reads works). Names starting with ``_`` or ``.`` below
+    ``root`` (``_SUCCESS``, ``.crc``, ``_spark_metadata``, ``_backfill``) are skipped, as
+    Spark's readers skip them."""
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
-    out: dict[str, tuple[int, int]] = {}
-    for root in roots:
-        path = jvm.org.apache.hadoop.fs.Path(hadoop_uri(root))  # type: ignore[union-attr]
-        fs = path.getFileSystem(conf)
-        if not fs.exists(path):
+    path = jvm.org.apache.hadoop.fs.Path(hadoop_uri(root))  # type: ignore[union-attr]
+    fs = path.getFileSystem(conf)
+    if not fs.exists(path):
+        return []
+    base = path_key(fs.makeQualified(path).toString()).rstrip("/") + "/"
+    out: list[tuple[str, int, int]] = []
+    files = fs.listFiles(path, True)
+    while files.hasNext():
+        status = files.next()
+        uri = str(status.getPath().toString())
+        relative = path_key(uri)[len(base) :] if path_key(uri).startswith(base) else uri
+        if any(part.startswith(("_", ".")) for part in relative.split("/")):
             continue
-        files = fs.listFiles(path, True)
-        while files.hasNext():
-            status = files.next()
-            out[path_key(status.getPath().toString())] = (
-                int(status.getLen()),
-                int(status.getModificationTime()),
-            )
+        out.append((uri, int(status.getLen()), int(status.getModificationTime())))
     return out
 
 
-def parquet_files(spark: SparkSession, root: str) -> list[str]:
-    """Data files of a Parquet dataset as Spark reads it (honours a streaming sink's
-    ``_spark_metadata`` log: only committed files)."""
-    if not is_uri(root) and not Path(local_path(root)).exists():
-        return []
+def committed_files(spark: SparkSession, root: str) -> set[str] | None:
+    """path_keys of the files a streaming file sink committed under ``root`` (its
+    ``_spark_metadata`` log), or None when ``root`` is not a sink's output."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    log_dir = jvm.org.apache.hadoop.fs.Path(hadoop_uri(root.rstrip("/") + "/_spark_metadata"))  # type: ignore[union-attr]
+    if not log_dir.getFileSystem(conf).exists(log_dir):
+        return None
     try:
-        return list(spark.read.parquet(spark_path(root)).inputFiles())
-    except Exception as exc:  # an empty folder: Spark cannot infer a schema
-        if "UNABLE_TO_INFER_SCHEMA" in str(exc) or "PATH_NOT_FOUND" in str(exc):
-            return []
+        return {path_key(u) for u in spark.read.parquet(spark_path(root)).inputFiles()}
+    except Exception as exc:  # a sink that committed nothing yet: no schema to infer
+        if "UNABLE_TO_INFER_SCHEMA" in str(exc):
+            return set()
         raise
 
 
@@ -837,18 +843,21 @@ def plan_parquet(
     split_bytes: int,
     since: dt.date | None = None,
 ) -> list[Split]:
-    """Splits of Parquet files (ordered by ingest date, modification time, path) of at most
-    ``split_bytes`` bytes each."""
-    sizes = file_sizes(spark, roots)
-    files: list[tuple[str, str, str, int]] = []
+    """Splits of the Parquet files under ``roots`` (only committed ones for a streaming sink),
+    ordered by ingest date, modification time and path (new files come last, so a restart
+    plans the same splits), of at most ``split_bytes`` bytes each."""
+    files: list[tuple[str, int, str, int]] = []
     for root in roots:
-        for uri in parquet_files(spark, root):
-            key = path_key(uri)
+        committed = committed_files(spark, root)
+        for uri, size, modified in list_data_files(spark, root):
+            if committed is not None and path_key(uri) not in committed:
+                continue  # an uncommitted (failed) micro-batch's file
+            if not uri.endswith(".parquet"):
+                continue
             day = ingest_date_of(uri) or ""
             if since is not None and day and day < since.isoformat():
                 continue
-            size, modified = sizes.get(key, (0, 0))
-            files.append((day, str(modified), uri, size))
+            files.append((day, modified, uri, size))
     files.sort(key=lambda f: (f[0], f[1], path_key(f[2])))
     return plan_file_groups(kind, [(f[2], f[3]) for f in files], max_bytes=split_bytes)
 
