@@ -87,6 +87,11 @@ class Featurizer(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
 
+    def __reduce__(self) -> tuple[Any, tuple[str, dict[str, Any]]]:
+        # OpenCV detectors do not pickle: ship the name and parameters, rebuild on arrival
+        # (Spark sends featurizers to its Python workers this way).
+        return (_rebuild, (self.name, self.params))
+
 
 def _fit_side(gray: np.ndarray, min_side: int, max_side: int) -> np.ndarray:
     height, width = gray.shape[:2]
@@ -257,6 +262,10 @@ FEATURIZERS: dict[str, type[Featurizer]] = {
     OrbFeaturizer.name: OrbFeaturizer,
     DenseSiftFeaturizer.name: DenseSiftFeaturizer,
 }
+
+
+def _rebuild(name: str, params: dict[str, Any]) -> Featurizer:
+    return get_featurizer(name, **params)
 
 
 def get_featurizer(name: str, **params: Any) -> Featurizer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import cv2
 import numpy as np
 import pytest
@@ -59,6 +61,16 @@ def test_params_rebuild_the_same_featurizer(name: str) -> None:
     image = _scene()
     first, second = featurizer.extract(image), again.extract(image)
     assert np.array_equal(first.descriptors, second.descriptors)
+
+
+@pytest.mark.parametrize("name", ["sift", "orb", "dense-sift"])
+def test_featurizers_pickle(name: str) -> None:
+    featurizer = get_featurizer(name)
+    again = pickle.loads(pickle.dumps(featurizer))
+    assert type(again) is type(featurizer)
+    assert again.params == featurizer.params
+    image = _scene()
+    assert np.array_equal(featurizer.extract(image).descriptors, again.extract(image).descriptors)
 
 
 def _check(features: Features, dim: int) -> None:
