@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote, unquote
 
 from imagetag.commands.backfill import KINDS, RETAG_MODES, add_arguments
 from imagetag.errors import ConfigError, ImagetagError
@@ -221,50 +221,49 @@ class BackfillSummary:
 
 def is_uri(path: str) -> bool:
     """True for ``scheme://...`` (HDFS, S3, ...) paths; False for local paths and ``file:``."""
-    scheme = urlparse(path).scheme
-    return len(scheme) > 1 and scheme != "file"
+    head, sep, _ = path.partition("://")
+    return bool(sep) and head.isalnum() and len(head) > 1 and head != "file"
 
 
-def local_path(path: str) -> str:
-    """A local path from a local path or a ``file:`` URI (percent-decoded)."""
+def from_hadoop(path: str) -> str:
+    """Our canonical form of a path Hadoop spells *decoded* (``Path.toString()``, the
+    binaryFile ``path`` column): a plain local path (``/a b[1].png``) or a decoded URI."""
     if path.startswith("file:"):
-        return unquote(urlparse(path).path)
+        path = path[5:]
+        if path.startswith("///"):
+            path = path[2:]
     return path
 
 
-def path_key(uri: str) -> str:
-    """A comparable form of a file path/URI as Spark spells it in different places
-    (``file:///a%5B1%5D``, ``file:/a[1]``, ``/a[1]``)."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return unquote(parsed.path)
-    return f"{parsed.scheme}://{parsed.netloc}{unquote(parsed.path)}"
+def from_uri(uri: str) -> str:
+    """Our canonical form of a path Spark spells as an *encoded* URI (``inputFiles()``,
+    ``_metadata.file_path``: ``file:///a%20b%5B1%5D.png``)."""
+    return unquote(from_hadoop(uri))
 
 
-def spark_path(uri: str) -> str:
-    """A path Spark's readers take literally: decoded and with glob characters escaped."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = "file://" + unquote(parsed.path)
-    else:
-        path = f"{parsed.scheme}://{parsed.netloc}{unquote(parsed.path)}"
-    prefix, _, rest = path.partition("://")
-    return prefix + "://" + "".join("\\" + c if c in _GLOB_CHARS else c for c in rest)
+def canonical(path: str) -> str:
+    """Canonical form of a user-given path: absolute for a local one."""
+    if is_uri(path):
+        return path.rstrip("/")
+    return os.path.abspath(from_hadoop(path))
 
 
-def hadoop_uri(uri: str) -> str:
-    """A decoded URI for Hadoop's ``Path`` (no glob escaping: it is not a pattern)."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return "file://" + unquote(parsed.path)
-    return f"{parsed.scheme}://{parsed.netloc}{unquote(parsed.path)}"
+def hadoop_uri(path: str) -> str:
+    """A canonical path as Hadoop's ``Path`` takes it (decoded, not a pattern)."""
+    return path if is_uri(path) else "file://" + path
+
+
+def spark_path(path: str) -> str:
+    """A canonical path as Spark's readers take it literally: glob characters escaped."""
+    uri = hadoop_uri(path)
+    scheme, _, rest = uri.partition("://")
+    return scheme + "://" + "".join("\\" + c if c in _GLOB_CHARS else c for c in rest)
 
 
 def file_uri(path: str) -> str:
-    """The ``file:///`` URI of a local path (percent-encoded, as the producer writes sources)."""
-    if is_uri(path):
-        return path
-    return Path(local_path(path)).absolute().as_uri()
+    """The ``file:///`` URI of a canonical local path (percent-encoded, as the producer writes
+    sources); a URI is returned as it is."""
+    return path if is_uri(path) else Path(path).as_uri()
 
 
 def sniff_kind(source: str) -> str:
@@ -275,7 +274,7 @@ def sniff_kind(source: str) -> str:
         return "kafka"
     if is_uri(source):
         raise BackfillError(f"cannot sniff the format of {source}: pass --format")
-    path = Path(local_path(source))
+    path = Path(canonical(source))
     if not path.exists():
         raise BackfillError(f"{source} does not exist")
     if path.is_dir():
@@ -311,11 +310,11 @@ def source_path(source: str, kind: str, settings: Settings) -> str:
     """The path/URI/topic a source spec names (``archive`` -> ``archive_dir``)."""
     if kind == "archive":
         rest = source.split(":", 1)[1] if source.startswith("archive:") else ""
-        return rest or settings.archive_dir
+        return canonical(rest or settings.archive_dir)
     if kind == "kafka":
         rest = source.split(":", 1)[1] if source.startswith("kafka:") else ""
         return rest or settings.kafka.topic_images
-    return source if is_uri(source) else os.path.abspath(local_path(source))
+    return canonical(source)
 
 
 def plan_ranges(
@@ -379,7 +378,7 @@ def plan_kafka_ranges(
 
 def ingest_date_of(path: str) -> str | None:
     """``YYYY-MM-DD`` from an ``ingest_date=YYYY-MM-DD`` folder in a path, or None."""
-    for part in path_key(path).split("/"):
+    for part in path.split("/"):
         if part.startswith("ingest_date="):
             return part.split("=", 1)[1]
     return None
@@ -461,7 +460,7 @@ def split_records(split: Split) -> Iterator[tuple[int, str, bytes, str | None, d
     (tiny / cifar / sequencefile)."""
     from imagetag import datasets
 
-    path = local_path(split.paths[0])
+    path = split.paths[0]
     uri = file_uri(path)
     if split.kind == "tiny":
         records = datasets.read_tiny_images(path, split.start, split.count)
@@ -525,21 +524,21 @@ def folder_rows(
     label_from_folder: bool,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body over binaryFile rows (path, modificationTime, length, content)."""
-    root_key = path_key(root).rstrip("/")
+    root_key = root.rstrip("/")
     for files in batches:
         rows = []
         for path, modified, content in zip(
             files["path"], files["modificationTime"], files["content"], strict=True
         ):
-            key = path_key(path)
-            index, offset = places.get(key, places.get(unquote(key), (-1, -1)))
+            key = from_hadoop(path)
+            index, offset = places.get(key, (-1, -1))
             relative = key[len(root_key) + 1 :] if key.startswith(root_key + "/") else key
             parent = relative.rsplit("/", 1)[0] if "/" in relative else None
             label = parent.rsplit("/", 1)[-1] if label_from_folder and parent else None
             rows.append(
                 event_row(
                     content,
-                    source=Path(key).as_uri() if key.startswith("/") else key,
+                    source=file_uri(key),
                     label=label,
                     metadata={"dataset": "folder", "name": relative},
                     produced_at_ms=_ms(modified) or stamp_ms,
@@ -569,11 +568,11 @@ def parquet_rows(
         ):
             if data is None:
                 continue
-            key = path_key(path)
+            key = from_uri(path)
             rows.append(
                 event_row(
                     data,
-                    source=f"{file_uri(key) if key.startswith('/') else key}#{int(row_index)}",
+                    source=f"{file_uri(key)}#{int(row_index)}",
                     label=None if label is None or label != label else str(label),
                     metadata={"dataset": "parquet"},
                     produced_at_ms=stamp_ms,
@@ -606,7 +605,7 @@ def archive_event_rows(
                     metadata=dict(record.get("metadata") or {}),
                     produced_at_ms=_ms(record.get("produced_at")) or ingested,
                     topic=topic,
-                    partition=places.get(path_key(record["file_path"]), -1),
+                    partition=places.get(from_uri(record["file_path"]), -1),
                     offset=int(record["row_index"]),
                     timestamp_ms=ingested,
                 )
@@ -793,11 +792,11 @@ def list_folder(spark: SparkSession, root: str, glob: str | None) -> list[str]:
     reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
     if glob:
         reader = reader.option("pathGlobFilter", glob)
-    return sorted(reader.load(spark_path(root)).inputFiles(), key=path_key)
+    return sorted(from_uri(u) for u in reader.load(spark_path(root)).inputFiles())
 
 
 def list_data_files(spark: SparkSession, root: str) -> list[tuple[str, int, int]]:
-    """(URI, size, modification time) of the data files under ``root``, listed with Hadoop's
+    """(canonical path, size, modification time) of the data files under ``root``, listed with Hadoop's
     FileSystem (so any filesystem Spark reads works). Names starting with ``_`` or ``.`` below
     ``root`` (``_SUCCESS``, ``.crc``, ``_spark_metadata``, ``_backfill``) are skipped, as
     Spark's readers skip them."""
@@ -807,21 +806,21 @@ def list_data_files(spark: SparkSession, root: str) -> list[tuple[str, int, int]
     fs = path.getFileSystem(conf)
     if not fs.exists(path):
         return []
-    base = path_key(fs.makeQualified(path).toString()).rstrip("/") + "/"
+    base = from_hadoop(fs.makeQualified(path).toString()).rstrip("/") + "/"
     out: list[tuple[str, int, int]] = []
     files = fs.listFiles(path, True)
     while files.hasNext():
         status = files.next()
-        uri = str(status.getPath().toString())
-        relative = path_key(uri)[len(base) :] if path_key(uri).startswith(base) else uri
+        found = from_hadoop(str(status.getPath().toString()))
+        relative = found[len(base) :] if found.startswith(base) else found
         if any(part.startswith(("_", ".")) for part in relative.split("/")):
             continue
-        out.append((uri, int(status.getLen()), int(status.getModificationTime())))
+        out.append((found, int(status.getLen()), int(status.getModificationTime())))
     return out
 
 
 def committed_files(spark: SparkSession, root: str) -> set[str] | None:
-    """path_keys of the files a streaming file sink committed under ``root`` (its
+    """Canonical paths of the files a streaming file sink committed under ``root`` (its
     ``_spark_metadata`` log), or None when ``root`` is not a sink's output."""
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
@@ -829,7 +828,7 @@ def committed_files(spark: SparkSession, root: str) -> set[str] | None:
     if not log_dir.getFileSystem(conf).exists(log_dir):
         return None
     try:
-        return {path_key(u) for u in spark.read.parquet(spark_path(root)).inputFiles()}
+        return {from_uri(u) for u in spark.read.parquet(spark_path(root)).inputFiles()}
     except Exception as exc:  # a sink that committed nothing yet: no schema to infer
         if "UNABLE_TO_INFER_SCHEMA" in str(exc):
             return set()
@@ -850,7 +849,7 @@ def plan_parquet(
     for root in roots:
         committed = committed_files(spark, root)
         for uri, size, modified in list_data_files(spark, root):
-            if committed is not None and path_key(uri) not in committed:
+            if committed is not None and uri not in committed:
                 continue  # an uncommitted (failed) micro-batch's file
             if not uri.endswith(".parquet"):
                 continue
@@ -858,7 +857,7 @@ def plan_parquet(
             if since is not None and day and day < since.isoformat():
                 continue
             files.append((day, modified, uri, size))
-    files.sort(key=lambda f: (f[0], f[1], path_key(f[2])))
+    files.sort(key=lambda f: (f[0], f[1], f[2]))
     return plan_file_groups(kind, [(f[2], f[3]) for f in files], max_bytes=split_bytes)
 
 
@@ -890,7 +889,7 @@ def kafka_watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int
 
 def archive_roots(settings: Settings, source_root: str | None = None) -> list[str]:
     """The stream's archive and the backfill's archive beside it."""
-    root = (source_root or settings.archive_dir).rstrip("/")
+    root = canonical(source_root or settings.archive_dir)
     return [root, f"{root}/{BACKFILL_ARCHIVE}"]
 
 
@@ -921,9 +920,9 @@ class Backfill:
         )
         self.current: str | None = None
         if options.retag:
-            from imagetag.bundle import current_version
+            from imagetag.bundle import ModelStore
 
-            self.current = current_version(settings.model_store)
+            self.current = ModelStore(settings.model_store, spark).current_version()
             if self.current is None:
                 raise BackfillError(
                     f"no CURRENT model in {settings.model_store}: nothing to re-tag"
@@ -1015,7 +1014,7 @@ class Backfill:
         from pyspark.sql import functions as F
 
         places = {
-            path_key(path): (split.index, offset)
+            path: (split.index, offset)
             for split in splits
             for offset, path in enumerate(split.paths)
         }
@@ -1037,7 +1036,7 @@ class Backfill:
         from pyspark.sql import functions as F
 
         opts = self.options
-        places = {path_key(p): s.index for s in splits for p in s.paths}
+        places = {p: s.index for s in splits for p in s.paths}
         frame = self.spark.read.parquet(*[spark_path(p) for s in splits for p in s.paths])
         if opts.bytes_column not in frame.columns:
             raise BackfillError(
@@ -1062,15 +1061,13 @@ class Backfill:
     def _read_archive(self, splits: Sequence[Split]) -> DataFrame:
         from pyspark.sql import functions as F
 
-        places = {path_key(p): s.index for s in splits for p in s.paths}
+        places = {p: s.index for s in splits for p in s.paths}
         stream_root, backfill_root = archive_roots(self.settings, self.path)
-        backfill_key = path_key(backfill_root).rstrip("/") + "/"
+        backfill_key = backfill_root.rstrip("/") + "/"
         by_root: dict[str, list[str]] = {stream_root: [], backfill_root: []}
         for split in splits:
             for p in split.paths:
-                by_root[
-                    backfill_root if path_key(p).startswith(backfill_key) else stream_root
-                ].append(p)
+                by_root[backfill_root if p.startswith(backfill_key) else stream_root].append(p)
         frames = []
         for root, paths in by_root.items():
             if not paths:
@@ -1096,7 +1093,7 @@ class Backfill:
         for frame in frames[1:]:
             archived = archived.unionByName(frame)
         if self.options.retag:
-            ids = self.spark.read.parquet(spark_path(str(self.state.ids_dir)))
+            ids = self.spark.read.parquet(spark_path(canonical(str(self.state.ids_dir))))
             archived = archived.join(ids, "id", "left_semi").dropDuplicates(["id"])
         topic = self.topic_label
         return archived.mapInPandas(lambda it: archive_event_rows(it, places, topic), KAFKA_SCHEMA)
@@ -1132,7 +1129,7 @@ class Backfill:
         from pyspark.sql import functions as F
 
         ids_dir = self.state.ids_dir
-        target = spark_path(str(ids_dir))
+        target = spark_path(canonical(str(ids_dir)))
         if not (ids_dir / "_SUCCESS").exists():
             assert self.current is not None
             mode = self.options.retag
@@ -1277,7 +1274,7 @@ class Backfill:
             .write.mode("overwrite")
             .option("partitionOverwriteMode", "dynamic")
             .partitionBy("ingest_date", "split")
-            .parquet(spark_path(f"{self.settings.archive_dir.rstrip('/')}/{BACKFILL_ARCHIVE}"))
+            .parquet(spark_path(archive_roots(self.settings)[1]))
         )
 
     def _commit(self) -> None:

@@ -1,0 +1,272 @@
+"""Backfill planning, state and record building: pure functions, no Spark, no services."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from batch.backfill import (
+    BackfillError,
+    BackfillState,
+    BackfillSummary,
+    Split,
+    SplitMarkers,
+    archive_event_rows,
+    canonical,
+    event_row,
+    expand_splits,
+    file_uri,
+    folder_rows,
+    from_hadoop,
+    from_uri,
+    ingest_date_of,
+    is_uri,
+    options_from_args,
+    plan_file_groups,
+    plan_kafka_ranges,
+    plan_ranges,
+    rounds,
+    sniff_kind,
+    spark_path,
+    state_hash,
+)
+from imagetag.avro import AvroDeserializer
+from imagetag.commands.backfill import add_arguments
+from imagetag.datasets import write_sequence_file, write_tiny_images
+from imagetag.records import decode_events
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+
+
+def test_plan_ranges_cover_every_record_once() -> None:
+    splits = plan_ranges("tiny", [("/a.bin", 12), ("/b.bin", 5)], 5)
+    assert [(s.paths[0], s.start, s.count) for s in splits] == [
+        ("/a.bin", 0, 5),
+        ("/a.bin", 5, 5),
+        ("/a.bin", 10, 2),
+        ("/b.bin", 0, 5),
+    ]
+    assert [s.index for s in splits] == [0, 1, 2, 3]
+    assert len({s.key for s in splits}) == 4
+    with pytest.raises(BackfillError):
+        plan_ranges("tiny", [("/a.bin", 3)], 0)
+
+
+def test_plan_file_groups_by_count_and_by_bytes() -> None:
+    files = [(f"/f{i}", 10) for i in range(7)]
+    by_count = plan_file_groups("folder", files, max_files=3)
+    assert [len(s.paths) for s in by_count] == [3, 3, 1]
+    assert [s.count for s in by_count] == [3, 3, 1]
+    by_bytes = plan_file_groups("parquet", [("/a", 5), ("/b", 5), ("/c", 50), ("/d", 1)], None, 12)
+    assert [s.paths for s in by_bytes] == [("/a", "/b"), ("/c",), ("/d",)]
+    assert by_bytes[0].count is None and by_bytes[0].size == 10
+    assert plan_file_groups("folder", [], max_files=3) == []
+
+
+def test_plan_kafka_ranges() -> None:
+    splits = plan_kafka_ranges("t", {1: (3, 10), 0: (0, 4), 2: (5, 5)}, 4)
+    assert [(s.part, s.start, s.count) for s in splits] == [(0, 0, 4), (1, 3, 4), (1, 7, 3)]
+
+
+def test_split_key_is_stable_and_round_trips() -> None:
+    split = Split(3, "folder", ("/x/a.png", "/x/b.png"), 0, 2)
+    assert split.key == Split(9, "folder", ("/x/a.png", "/x/b.png"), 0, 2).key  # index-free
+    assert split.key != Split(3, "folder", ("/x/a.png",), 0, 1).key
+    assert Split.from_json(split.to_json()) == split
+
+
+def test_rounds() -> None:
+    splits = plan_ranges("tiny", [("/a", 10)], 2)
+    assert [len(r) for r in rounds(splits, 2)] == [2, 2, 1]
+    assert [len(r) for r in rounds(splits, 0)] == [1] * 5
+
+
+def test_paths_as_spark_spells_them() -> None:
+    # Encoded URIs (inputFiles, _metadata.file_path) and decoded ones (Hadoop's Path.toString,
+    # the binaryFile path column) meet in one canonical form.
+    assert from_uri("file:///d/w%5B1%5D%2541.png") == "/d/w[1]%41.png"
+    assert from_uri("file:/d/a%20b.png") == "/d/a b.png"
+    assert from_hadoop("file:/d/w[1]%41.png") == "/d/w[1]%41.png"
+    assert from_hadoop("hdfs://nn:8020/d/x") == "hdfs://nn:8020/d/x"
+    assert canonical("file:/d/x/") == "/d/x" and canonical("hdfs://nn/d/") == "hdfs://nn/d"
+    assert spark_path("/d/w[1].png") == "file:///d/w\\[1\\].png"
+    assert spark_path("/d/a*b?.png") == "file:///d/a\\*b\\?.png"
+    assert file_uri("/d/a b#1.png") == "file:///d/a%20b%231.png"
+    assert not is_uri("/d/x") and not is_uri("file:///d") and is_uri("s3a://b/k")
+    assert ingest_date_of("/a/ingest_date=2026-01-02/part-0.parquet") == "2026-01-02"
+    assert ingest_date_of("/a/part-0.parquet") is None
+
+
+def test_state_hash_changes_with_options() -> None:
+    base = {"kind": "folder", "source": "/x", "since": dt.date(2026, 1, 1)}
+    assert state_hash(base) == state_hash(dict(base))
+    assert state_hash(base) != state_hash({**base, "since": None})
+
+
+def test_sniff_kind(tmp_path: Path) -> None:
+    tiny = tmp_path / "t.bin"
+    write_tiny_images(tiny, [np.zeros((32, 32, 3), np.uint8)])
+    seq = tmp_path / "s.seq"
+    write_sequence_file(seq, [("a.png", PNG)])
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    (cifar / "data_batch_1").write_bytes(pickle.dumps({"data": 1}))
+    folder = tmp_path / "imgs"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "x.png").write_bytes(PNG)
+    table = tmp_path / "p.parquet"
+    pd.DataFrame({"image": [PNG]}).to_parquet(table)
+    assert sniff_kind(str(tiny)) == "tiny"
+    assert sniff_kind(str(seq)) == "sequencefile"
+    assert sniff_kind(str(cifar)) == "cifar"
+    assert sniff_kind(str(cifar / "data_batch_1")) == "cifar"
+    assert sniff_kind(str(folder)) == "folder"
+    assert sniff_kind(str(table)) == "parquet"
+    assert sniff_kind("archive") == "archive"
+    assert sniff_kind("kafka:images") == "kafka"
+    with pytest.raises(BackfillError, match="does not exist"):
+        sniff_kind(str(tmp_path / "missing"))
+    with pytest.raises(BackfillError, match="--format"):
+        sniff_kind("hdfs://nn/corpus")
+
+
+def test_state_records_finished_splits(tmp_path: Path) -> None:
+    state = BackfillState(tmp_path / "state")
+    manifest = state.open({"source": "/x", "kind": "folder", "started_ms": 1})
+    split = Split(0, "folder", ("/x/a.png",), 0, 1)
+    assert state.done_keys() == set()
+    state.finish(split, {"tagged": 1})
+    assert state.done_keys() == {split.key}
+    # A restart keeps the first run's manifest (its start time stamps the archive partition).
+    again = BackfillState(tmp_path / "state").open(
+        {"source": "/x", "kind": "folder", "started_ms": 2}
+    )
+    assert again["started_ms"] == manifest["started_ms"] == 1
+    with pytest.raises(BackfillError, match="belongs to"):
+        BackfillState(tmp_path / "state").open({"source": "/y", "kind": "folder"})
+    fresh = BackfillState(tmp_path / "state")
+    fresh.open({"source": "/y", "kind": "folder", "started_ms": 3}, fresh=True)
+    assert fresh.done_keys() == set()
+
+
+def test_split_markers_guard_a_round_by_its_splits(tmp_path: Path) -> None:
+    markers = SplitMarkers(tmp_path)
+    a, b = Split(0, "tiny", ("/t",), 0, 5), Split(1, "tiny", ("/t",), 5, 5)
+    markers.for_round([a, b])
+    assert not markers.done(0)
+    markers.mark(0)
+    assert markers.done(7)  # keyed by split, not by the round number
+    assert not markers.for_round([a, Split(2, "tiny", ("/t",), 10, 5)]).done(0)
+
+
+def test_event_row_is_an_image_event_keyed_by_content_hash() -> None:
+    key, value, topic, partition, offset, stamp = event_row(
+        PNG,
+        source="file:///x.png",
+        label="cat",
+        metadata={"name": "x.png"},
+        produced_at_ms=1000,
+        topic="backfill:folder",
+        partition=2,
+        offset=7,
+        timestamp_ms=2000,
+    )
+    digest = hashlib.sha256(PNG).hexdigest()
+    assert key == digest.encode()
+    event = AvroDeserializer("ImageEvent")(value)
+    assert event["id"] == digest and event["image"] == PNG
+    assert event["content_type"] == "image/png" and event["label"] == "cat"
+    assert (topic, partition, offset, stamp) == ("backfill:folder", 2, 7, 2000)
+
+
+def test_expand_splits_reads_a_tiny_images_range(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    tiny = tmp_path / "t.bin"
+    write_tiny_images(tiny, [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(9)])
+    split = Split(4, "tiny", (str(tiny),), 2, 5)
+    frames = list(
+        expand_splits([pd.DataFrame({"split": [split.to_json()]})], "backfill:tiny", 5, 2, 10**6)
+    )
+    assert [len(f) for f in frames] == [2, 2, 1]  # batch_size records at a time
+    rows = pd.concat(frames, ignore_index=True)
+    events, dead = decode_events(rows)
+    assert dead == [] and len(events) == 5
+    assert list(rows["partition"]) == [4] * 5 and list(rows["offset"]) == [0, 1, 2, 3, 4]
+    assert events["source"].iloc[0].endswith("t.bin#2")
+    assert rows["key"].nunique() == 5
+
+
+def test_folder_rows_label_from_parent_folder() -> None:
+    files = pd.DataFrame(
+        {
+            "path": ["file:/data/cats/a.png", "file:/data/top.png"],
+            "modificationTime": [pd.Timestamp("2026-01-01", tz="UTC")] * 2,
+            "length": [len(PNG)] * 2,
+            "content": [PNG, PNG + b"x"],
+        }
+    )
+    places = {"/data/cats/a.png": (3, 0), "/data/top.png": (3, 1)}
+    (rows,) = list(folder_rows([files], places, "/data", "backfill:folder", 9, True))
+    events, _ = decode_events(rows)
+    assert list(events["label"]) == ["cats", None]
+    assert list(events["source"]) == ["file:///data/cats/a.png", "file:///data/top.png"]
+    assert list(rows["partition"]) == [3, 3] and list(rows["offset"]) == [0, 1]
+    assert events["produced_at"].iloc[0] == int(pd.Timestamp("2026-01-01", tz="UTC").value // 10**6)
+
+
+def test_archive_event_rows_keep_the_producers_event() -> None:
+    digest = hashlib.sha256(PNG).hexdigest()
+    archived = pd.DataFrame(
+        {
+            "id": [digest],
+            "image": [PNG],
+            "content_type": ["image/png"],
+            "source": ["file:///orig.png"],
+            "produced_at": [pd.Timestamp("2026-01-01", tz="UTC")],
+            "label": ["dog"],
+            "metadata": [{"k": "v"}],
+            "ingested_at": [pd.Timestamp("2026-01-02", tz="UTC")],
+            "file_path": ["file:/arch/ingest_date=2026-01-02/p.parquet"],
+            "row_index": [11],
+        }
+    )
+    places = {"/arch/ingest_date=2026-01-02/p.parquet": 5}  # file_path is an encoded URI
+    (rows,) = list(archive_event_rows([archived], places, "backfill:archive"))
+    events, dead = decode_events(rows)
+    assert dead == []
+    event = events.iloc[0]
+    assert (event["id"], event["source"], event["label"]) == (digest, "file:///orig.png", "dog")
+    assert event["metadata"] == {"k": "v"}
+    assert (event["partition"], event["offset"]) == (5, 11)
+    assert event["ingested_at"] == int(pd.Timestamp("2026-01-02", tz="UTC").value // 10**6)
+
+
+def test_cli_options() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["archive", "--since", "2026-01-02", "--retag", "older", "--max-splits", "3"]
+    )
+    options = options_from_args(args)
+    assert options.since == dt.date(2026, 1, 2) and options.retag == "older"
+    assert options.max_splits == 3 and options.archive is None
+    assert options_from_args(parser.parse_args(["/x", "--no-archive"])).archive is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--since", "yesterday"])
+    with pytest.raises(BackfillError):
+        options_from_args(parser.parse_args(["/x", "--split-size", "0"]))
+
+
+def test_summary_format() -> None:
+    summary = BackfillSummary(source="/x", kind="folder", state_dir="/s", splits_total=4)
+    summary.splits_done, summary.images, summary.tagged, summary.seconds = 3, 10, 8, 2.0
+    assert summary.splits_remaining == 1
+    assert summary.as_dict()["images_per_s"] == 5.0
+    assert "3 done now" in summary.format() and "1 left of 4" in summary.format()
