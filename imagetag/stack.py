@@ -235,6 +235,8 @@ class KafkaService(_Service):
                     "share.coordinator.state.topic.replication.factor=1",
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
+                    # Topics come from `imagetag init`, never from a typo in a client.
+                    "auto.create.topics.enable=false",
                     # images are large messages; topics raise max.message.bytes themselves
                     f"message.max.bytes={_message_limit(self.settings)}",
                     f"replica.fetch.max.bytes={_message_limit(self.settings)}",
