@@ -70,10 +70,17 @@ def raw_loop(settings: Settings, data: list[tuple[bytes, str]]) -> float:
             "metadata": [{} for _ in data],
         }
     )
-    tag_batch(frame.iloc[:50], model, threshold=settings.vote_threshold)  # warm up
+    tag_batch(
+        frame.iloc[:50], model, threshold=settings.vote_threshold, limits=settings.limits
+    )  # warm up
     started = time.perf_counter()
     for lo in range(0, len(frame), 500):
-        tag_batch(frame.iloc[lo : lo + 500], model, threshold=settings.vote_threshold)
+        tag_batch(
+            frame.iloc[lo : lo + 500],
+            model,
+            threshold=settings.vote_threshold,
+            limits=settings.limits,
+        )
     return len(frame) / (time.perf_counter() - started)
 
 

@@ -105,8 +105,11 @@ def main() -> int:
 
 
 def run(settings: Settings) -> int:
-    from imagetag.bundle import current_version
+    from imagetag.bundle import ModelStore
     from producers import ImageProducer
+
+    def current_version() -> str | None:
+        return ModelStore(settings.model_store).current_version()
 
     started = step("starting the local stack (Kafka KRaft + SolrCloud)")
     for status in LocalStack(settings).up():
@@ -118,14 +121,14 @@ def run(settings: Settings) -> int:
     collection, _ = SolrAdmin(settings).ensure_collection()
     done(started, f"alias {settings.solr.collection} -> {collection}")
 
-    version = current_version(settings.model_store)
+    version = current_version()
     if version is None:
         started = step(f"training on {TRAIN_LIMIT} Fashion-MNIST training images")
         subprocess.run(
             [IMAGETAG, "train", "--data", "fashion-mnist", "--limit", str(TRAIN_LIMIT)],
             check=True,
         )
-        version = current_version(settings.model_store)
+        version = current_version()
         done(started, f"model {version} promoted")
     else:
         print(f"==> using model {version} from {settings.model_store} (delete it to retrain)")

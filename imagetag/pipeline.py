@@ -69,15 +69,16 @@ class CurrentModel:
         self.broadcast: Broadcast[Any] | None = None
 
     def get(self) -> Broadcast[Any]:
-        from imagetag.bundle import current_version, load_bundle
+        from imagetag.bundle import ModelStore
 
-        version = current_version(self.settings.model_store)
+        store = ModelStore(self.settings.model_store, self.spark)
+        version = store.current_version()
         if version is None:
             raise RuntimeError(
                 f"no model in {self.settings.model_store}: run `imagetag train` first"
             )
         if version != self.version or self.broadcast is None:
-            model = load_bundle(self.settings.model_store, version)
+            model = store.load(version)
             old = self.broadcast
             self.broadcast = self.spark.sparkContext.broadcast(model)
             if old is not None:

@@ -121,7 +121,7 @@ def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | 
             )
             continue
         event["produced_at"] = _ms(event["produced_at"])
-        event["ingested_at"] = _ms(timestamp)
+        event["ingested_at"] = event["timestamp"] = _ms(timestamp)
         event["topic"], event["partition"], event["offset"] = coords
         event["kafka_key"] = None if key is None else bytes(key)
         event["kafka_value"] = bytes(value)
@@ -179,7 +179,9 @@ def tag_events(events: pd.DataFrame, model: Any, settings: Settings) -> pd.DataF
     if len(events):
         by_id = {event["id"]: event for event in events.to_dict("records")}
         batch = events.drop(columns=["kafka_key", "kafka_value"])
-        tagged, review, undecodable = tag_batch(batch, model, threshold=settings.vote_threshold)
+        tagged, review, undecodable = tag_batch(
+            batch, model, threshold=settings.vote_threshold, limits=settings.limits
+        )
         for row in tagged.to_dict("records"):
             event = by_id[row["id"]]
             row.setdefault("source", event.get("source"))
