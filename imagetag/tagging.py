@@ -1,0 +1,240 @@
+"""``tag_batch``: the one tagging function the stream, the backfill, the tests and the bench share.
+
+Input: a pandas batch of ImageEvents. Output: three DataFrames,
+
+- **tagged**: images where at least ``threshold`` of the trees voted for the winning class;
+  these become Solr documents.
+- **review**: decoded images below the threshold (kept for re-tagging after retraining, so
+  they also carry the original bytes and event fields).
+- **dead**: records that could not be decoded or featurized, with the original bytes, the
+  stage and a reason token (they go to the dead-letter topic).
+
+Every input row lands in exactly one output. A bad record never raises; only programming
+errors do. Neither Spark nor Kafka is imported here: the callers own the plumbing.
+
+Per row (Python loop, one OpenCV call each): decode with limits, extract local features,
+perceptual hash, dominant colours, thumbnail. Per batch (vectorised): encode every image's
+descriptors against the dictionary in one pass, then one forest evaluation for all rows.
+
+Tags: every class whose vote fraction is >= threshold, most-voted first (so a tag list has at
+most ``floor(1 / threshold)`` entries); ``top_tag``: the most-voted class (ties: the class
+listed first in the model), set in review rows too.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from imagetag.bundle import ModelBundle
+from imagetag.errors import RecordError
+from imagetag.features import Features, dominant_colors, phash_hex, single_threaded_opencv
+from imagetag.images import DecodedImage, Limits, decode_image, make_thumbnail
+from imagetag.settings import ImageLimits
+
+THUMBNAIL_SIDE = 64
+
+# Kafka coordinates passed through when the batch has them (the stream's batches do).
+KAFKA_COLUMNS: tuple[str, ...] = ("topic", "partition", "offset")
+
+TAGGED_COLUMNS: tuple[str, ...] = (
+    "id",
+    "tags",  # list[str]
+    "top_tag",  # str
+    "confidence",  # float: vote fraction of top_tag
+    "votes",  # dict[str, float]: vote fraction of every class
+    "model_version",  # str
+    "width",  # int
+    "height",  # int
+    "format",  # str: jpeg, png, gif, bmp, tiff, webp
+    "size",  # int: bytes
+    "phash",  # str: 16 hex digits
+    "colors",  # list[str]: "#rrggbb", most frequent first
+    "vector",  # list[float]: encoded vector (or its projection when > 1024 values)
+    "thumbnail",  # str: base64 JPEG, longer side <= 64 px
+    "label",  # str | None: ground truth when the producer knew it
+    "source",  # str
+    "produced_at",  # int: producer timestamp, ms since the epoch (UTC)
+    "ingested_at",  # int: Kafka record timestamp when known, else tagged_at (ms)
+    "tagged_at",  # int: when this batch was tagged (ms)
+)
+# Review rows also carry what is needed to re-tag them later from the review topic.
+REVIEW_COLUMNS: tuple[str, ...] = (*TAGGED_COLUMNS, "image", "content_type", "metadata")
+DEAD_COLUMNS: tuple[str, ...] = (
+    "id",
+    "image",  # bytes: the original image bytes
+    "stage",  # decode | featurize
+    "reason",  # token, e.g. truncated, too_many_pixels, not_an_image
+    "detail",  # human sentence
+    "source",
+    "content_type",
+    "produced_at",
+)
+
+
+def tag_batch(
+    batch: pd.DataFrame,
+    model: ModelBundle,
+    *,
+    threshold: float | None = None,
+    limits: Limits | None = None,
+    now_ms: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Tag a batch of ImageEvents with ``model``.
+
+    ``batch`` columns: ``id`` (sha256 hex), ``image`` (bytes), ``content_type``, ``source``,
+    ``produced_at`` (ms), ``label`` (str or None), ``metadata`` (dict or None); optionally
+    ``topic``/``partition``/``offset`` and ``timestamp`` (Kafka's, datetime or ms).
+    ``threshold`` defaults to the bundle's (``settings.vote_threshold`` is what callers pass);
+    ``limits`` to :class:`~imagetag.settings.ImageLimits` defaults.
+
+    Returns ``(tagged, review, dead)`` with the columns :data:`TAGGED_COLUMNS`,
+    :data:`REVIEW_COLUMNS` and :data:`DEAD_COLUMNS` (+ Kafka coordinates when present).
+    """
+    single_threaded_opencv()
+    threshold = model.vote_threshold if threshold is None else float(threshold)
+    limits = limits or ImageLimits()
+    tagged_at = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    kafka = [c for c in KAFKA_COLUMNS if c in batch.columns]
+    records = batch.to_dict("records")
+
+    dead: list[dict[str, Any]] = []
+    good: list[tuple[dict[str, Any], DecodedImage, Features]] = []
+    for row in records:
+        data = row.get("image")
+        data = b"" if data is None else bytes(data)
+        try:
+            image = decode_image(data, limits)
+            try:
+                features = model.featurizer.extract(image)
+            except cv2.error as exc:
+                raise RecordError("featurize", "opencv_error", exc.msg, data) from exc
+        except RecordError as err:
+            dead.append(_dead_row(row, data, err, kafka))
+            continue
+        good.append((row, image, features))
+
+    tagged_rows: list[dict[str, Any]] = []
+    review_rows: list[dict[str, Any]] = []
+    if good:
+        vectors = _encode(model, [features for _, _, features in good])
+        labels, confidence, fractions = model.forest.vote(vectors)
+        search = model.dictionary.search_vector(vectors)
+        classes = model.classes
+        for i, (row, image, _) in enumerate(good):
+            out = _document(row, image, model, tagged_at)
+            votes = fractions[i]
+            order = np.argsort(-votes, kind="stable")
+            out["tags"] = [classes[j] for j in order if votes[j] >= threshold]
+            out["top_tag"] = str(labels[i])
+            out["confidence"] = float(confidence[i])
+            out["votes"] = {c: float(v) for c, v in zip(classes, votes, strict=True)}
+            out["vector"] = search[i].astype(float).tolist()
+            for column in kafka:
+                out[column] = row.get(column)
+            if out["tags"]:
+                tagged_rows.append(out)
+            else:
+                out["image"] = bytes(row["image"])
+                out["content_type"] = row.get("content_type")
+                out["metadata"] = row.get("metadata")
+                review_rows.append(out)
+
+    return (
+        _frame(tagged_rows, TAGGED_COLUMNS, kafka),
+        _frame(review_rows, REVIEW_COLUMNS, kafka),
+        _frame(dead, DEAD_COLUMNS, kafka),
+    )
+
+
+def _encode(model: ModelBundle, features: list[Features]) -> np.ndarray:
+    """One dictionary pass for the whole batch (descriptors stacked, image index alongside)."""
+    counts = np.array([len(f) for f in features], np.int64)
+    dim = model.dictionary.descriptor_dim
+    descriptors = (
+        np.concatenate([f.descriptors for f in features])
+        if counts.sum()
+        else np.zeros((0, dim), np.float32)
+    )
+    positions = (
+        np.concatenate([f.positions for f in features])
+        if counts.sum()
+        else np.zeros((0, 2), np.float32)
+    )
+    image_index = np.repeat(np.arange(len(features)), counts)
+    return model.dictionary.encode_batch(descriptors, image_index, len(features), positions)
+
+
+def _document(
+    row: dict[str, Any],
+    image: DecodedImage,
+    model: ModelBundle,
+    tagged_at: int,
+) -> dict[str, Any]:
+    data = row["image"]
+    colors = dominant_colors(image, k=model.color_k)
+    return {
+        "id": row.get("id"),
+        "model_version": model.version,
+        "width": image.width,
+        "height": image.height,
+        "format": image.format,
+        "size": len(data),
+        "phash": phash_hex(image),
+        "colors": [colour for colour, _ in colors],
+        "thumbnail": base64.b64encode(make_thumbnail(image, THUMBNAIL_SIDE)).decode("ascii"),
+        "label": _optional_str(row.get("label")),
+        "source": row.get("source"),
+        "produced_at": _millis(row.get("produced_at")),
+        "ingested_at": _millis(row.get("timestamp")) or tagged_at,
+        "tagged_at": tagged_at,
+    }
+
+
+def _dead_row(
+    row: dict[str, Any], data: bytes, err: RecordError, kafka: list[str]
+) -> dict[str, Any]:
+    out = {
+        "id": row.get("id"),
+        "image": err.original if err.original is not None else data,
+        "stage": err.stage,
+        "reason": err.reason,
+        "detail": err.detail,
+        "source": row.get("source"),
+        "content_type": row.get("content_type"),
+        "produced_at": _millis(row.get("produced_at")),
+    }
+    for column in kafka:
+        out[column] = row.get(column)
+    return out
+
+
+def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...], kafka: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=[*columns, *kafka])
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return str(value)
+
+
+def _millis(value: Any) -> int | None:
+    """Milliseconds since the epoch from an int, a pandas/numpy timestamp or None/NaT."""
+    if value is None:
+        return None
+    if isinstance(value, pd.Timestamp | np.datetime64):
+        stamp = pd.Timestamp(value)
+        if pd.isna(stamp):
+            return None
+        if stamp.tzinfo is None:
+            stamp = stamp.tz_localize("UTC")
+        return int(stamp.value // 1_000_000)
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return int(value)
