@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "imagetag.commands.backfill",
         "tag a historical corpus with Spark (archive, folder, datasets, Kafka); re-tag",
     ),
+    "retrain": (
+        "imagetag.commands.retrain",
+        "retrain on the labelled corpus, promote if better, re-tag (once or --every)",
+    ),
     "reindex": (
         "imagetag.commands.reindex",
         "rebuild the Solr index into a new collection, then switch the alias (blue/green)",

@@ -1,0 +1,392 @@
+"""Periodic retraining: train on the labelled corpus, promote only if better, re-tag.
+
+    imagetag retrain --data fashion-mnist [--every 1d] [--retag all]
+    spark-submit --py-files imagetag.zip batch/retrain.py --data hdfs-mounted/corpus ...
+
+One run:
+
+1. **corpus**: the configured training sets (``--data``, repeatable: ``fashion-mnist``, a
+   CIFAR-10 batches folder, a class-per-folder tree, a ``path,label`` CSV) plus every archived
+   image that carries a ground-truth label (the stream's archive and what backfills archived),
+   written as one ``path,label`` CSV under ``<checkpoint_dir>/retrain/``. Idx/CIFAR records and
+   archived images are exported once as PNG/original files named by their content, so each
+   image always lands on the same side of the held-out split (the training job splits a CSV by
+   a hash of the path): the split is fixed, and grows only with new images;
+2. **skip** when the corpus is exactly what ``CURRENT`` was trained on (same fingerprint);
+3. **train** with ``batch.train.train(promote="if-better")``: the new bundle becomes ``CURRENT``
+   only if its accuracy on the held-out split beats ``CURRENT``'s on the same split;
+4. **re-tag** after a promotion: ``backfill --retag all`` (Solr documents of older models and
+   the images waiting in review, from the archive) — ``--retag older`` or ``review`` to narrow.
+
+``--every DURATION`` repeats it in the foreground (``30m``, ``6h``, ``1d``); SIGTERM / Ctrl-C
+stop it between runs. For cron, run it without ``--every`` (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imagetag.commands.retrain import add_arguments, parse_duration
+from imagetag.errors import ImagetagError
+from imagetag.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import SparkSession
+
+    from batch.backfill import BackfillSummary
+
+log = logging.getLogger("imagetag.retrain")
+
+EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tif",
+    "image/webp": ".webp",
+}
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class RetrainError(ImagetagError):
+    """No labelled data to train on, or a configured training set cannot be read."""
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    data: tuple[str, ...] = ()
+    archive_labels: bool = True
+    retag: str | None = "all"  # None: do not re-tag after a promotion
+    train: dict[str, Any] = field(default_factory=dict)  # TrainOptions fields (k, trees, ...)
+    force: bool = False  # train even when the corpus did not change
+    progress: bool | None = None
+
+
+@dataclass
+class RetrainResult:
+    corpus: str
+    images: int
+    from_archive: int
+    skipped: bool = False
+    version: str | None = None
+    promoted: bool = False
+    reason: str = ""
+    accuracy: float | None = None
+    previous: str | None = None
+    backfill: BackfillSummary | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["backfill"] = self.backfill.as_dict() if self.backfill else None
+        return data
+
+    def format(self) -> str:
+        lines = [f"corpus:   {self.images} labelled images ({self.from_archive} from the archive)"]
+        if self.skipped:
+            lines.append(f"skipped:  {self.reason}")
+        else:
+            accuracy = "-" if self.accuracy is None else f"{self.accuracy:.4f}"
+            lines.append(f"trained:  {self.version} (held-out accuracy {accuracy})")
+            verdict = "promoted" if self.promoted else "not promoted"
+            lines.append(f"{verdict}: {self.reason} (CURRENT was {self.previous or '-'})")
+        if self.backfill is not None:
+            lines.append(self.backfill.format())
+        lines.append(f"time:     {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+# -- the labelled corpus -------------------------------------------------------------------------
+
+
+def _slug(label: str) -> str:
+    return _SLUG.sub("_", label).strip("_") or "_"
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+
+def export_records(
+    records: Iterable[tuple[str, bytes, str | None]], folder: Path
+) -> Iterator[tuple[str, str]]:
+    """Write (name, bytes, label) records as ``folder/<label>/<sha256>.png`` (once; existing
+    files are kept); yields (path, label) of the labelled ones."""
+    for _, data, label in records:
+        if label is None:
+            continue
+        path = folder / _slug(label) / f"{hashlib.sha256(data).hexdigest()}.png"
+        _write_once(path, data)
+        yield str(path), label
+
+
+def dataset_rows(source: str, work: Path) -> list[tuple[str, str]]:
+    """(absolute path, label) of every labelled image of a configured training set."""
+    from imagetag import datasets
+
+    if source == "fashion-mnist" or source.startswith("fashion-mnist:"):
+        root = source.partition(":")[2] or str(datasets.FASHION_MNIST_ROOT)
+        folder = work / "sets" / f"fashion-mnist-{_digest(root)}"
+        rows: list[tuple[str, str]] = []
+        for split in ("train", "test"):
+            images, labels = datasets.fashion_mnist_paths(split, root)
+            records = datasets.read_idx(images, labels, label_names=datasets.FASHION_MNIST_LABELS)
+            rows += export_records(((r.name, r.data, r.label) for r in records), folder)
+        return rows
+    path = Path(source)
+    if path.is_dir() and any(path.glob("data_batch_*")):
+        folder = work / "sets" / f"cifar-{_digest(str(path.resolve()))}"
+        rows = []
+        for batch in datasets.cifar10_batches(path):
+            records = datasets.read_cifar10(batch)
+            rows += export_records(((r.name, r.data, r.label) for r in records), folder)
+        return rows
+    if path.is_file() and path.suffix.lower() == ".csv":
+        out = []
+        for name, label in datasets.read_label_csv(path).items():
+            file = Path(name) if Path(name).is_absolute() else path.parent / name
+            out.append((str(file.resolve()), label))
+        return out
+    if path.is_dir():
+        lookup = datasets.LabelLookup(path, "folder")
+        out = []
+        for file in datasets.iter_files(path):
+            folder_label = lookup(file)
+            if folder_label is not None:
+                out.append((str(file.resolve()), folder_label))
+        return out
+    raise RetrainError(
+        f"--data {source}: not fashion-mnist, a CIFAR batches folder, a folder or a .csv"
+    )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def export_partition(folder: str) -> Callable[[Iterable[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """mapInPandas body: archived (id, image, content_type, label) -> files named by id."""
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        for frame in frames:
+            out = []
+            for image_id, image, content_type, label in zip(
+                frame["id"], frame["image"], frame["content_type"], frame["label"], strict=True
+            ):
+                if hashlib.sha256(bytes(image)).hexdigest() != image_id:
+                    continue  # not honest about its content: never train on it
+                extension = EXTENSIONS.get(str(content_type), ".img")
+                path = Path(folder) / _slug(str(label)) / f"{image_id}{extension}"
+                _write_once(path, bytes(image))
+                out.append((str(path), str(label)))
+            yield pd.DataFrame(out, columns=["path", "label"])
+
+    return run
+
+
+def archive_rows(spark: SparkSession, settings: Settings, work: Path) -> list[tuple[str, str]]:
+    """Export the archived images that carry a label (stream archive + backfill archive) as
+    files under ``work/archive``; returns their (path, label)."""
+    from batch.backfill import archive_roots, plan_parquet, spark_path
+
+    splits = plan_parquet(spark, "archive", archive_roots(settings), 1 << 62)
+    files = [p for s in splits for p in s.paths]
+    if not files:
+        return []
+    folder = str((work / "archive").resolve())
+    labelled = (
+        spark.read.parquet(*[spark_path(f) for f in files])
+        .where("label IS NOT NULL AND label != ''")
+        .select("id", "image", "content_type", "label")
+        .dropDuplicates(["id"])
+    )
+    rows = labelled.mapInPandas(export_partition(folder), "path string, label string").collect()
+    return [(str(r["path"]), str(r["label"])) for r in rows]
+
+
+def write_corpus(rows: Iterable[tuple[str, str]], path: Path) -> int:
+    """One ``path,label`` CSV, sorted by path (a stable order: ``--limit`` takes a stable
+    subset); a path listed twice keeps its first label. Returns the number of rows."""
+    unique: dict[str, str] = {}
+    for file, label in rows:
+        unique.setdefault(file, label)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["path", "label"])
+        for file in sorted(unique):
+            writer.writerow([file, unique[file]])
+    os.replace(tmp, path)
+    return len(unique)
+
+
+# -- one run and the schedule --------------------------------------------------------------------
+
+
+def retrain_once(spark: SparkSession, settings: Settings, options: RetrainOptions) -> RetrainResult:
+    """Build the labelled corpus, train, promote if better, re-tag after a promotion."""
+    from batch.backfill import BackfillOptions, run_backfill
+    from batch.train import TrainOptions, plan_corpus, train
+    from imagetag.bundle import ModelStore
+
+    started = time.monotonic()
+    work = Path(settings.checkpoint_dir) / "retrain"
+    rows: list[tuple[str, str]] = []
+    for source in options.data:
+        rows += dataset_rows(source, work)
+    from_archive = archive_rows(spark, settings, work) if options.archive_labels else []
+    corpus = work / "corpus.csv"
+    images = write_corpus([*rows, *from_archive], corpus)
+    result = RetrainResult(str(corpus), images, len(from_archive))
+    if images == 0:
+        raise RetrainError("no labelled images: pass --data or archive images with labels")
+    store = ModelStore(settings.model_store, spark)
+    result.previous = store.current_version()
+    train_options = TrainOptions(data=str(corpus), promote="if-better", **options.train)
+    fingerprint = plan_corpus(str(corpus), train_options.limit, train_options.test_fraction)
+    if result.previous and not options.force:
+        trained_on = store.manifest(result.previous).get("data", {}).get("fingerprint")
+        if trained_on == fingerprint.fingerprint:
+            result.skipped = True
+            result.reason = (
+                f"{result.previous} was trained on this very corpus (--force to retrain)"
+            )
+            result.seconds = time.monotonic() - started
+            return result
+    trained = train(settings, train_options, spark=spark, out=log.info)
+    result.version, result.promoted, result.reason = (
+        trained.version,
+        trained.promoted,
+        trained.reason,
+    )
+    result.accuracy = float(trained.manifest.get("metrics", {}).get("accuracy", 0.0))
+    if trained.promoted and options.retag:
+        result.backfill = run_backfill(
+            spark,
+            settings,
+            BackfillOptions(source="archive", retag=options.retag, progress=options.progress),
+        )
+    result.seconds = time.monotonic() - started
+    return result
+
+
+class Schedule:
+    """A foreground schedule: run now, then every ``interval_s`` (measured from each start);
+    SIGTERM / SIGINT stop it between runs."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.stop = threading.Event()
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+
+    def run(self, job: Callable[[], None], max_runs: int | None = None) -> int:
+        runs = 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            job()
+            runs += 1
+            if max_runs is not None and runs >= max_runs:
+                break
+            wait = max(0.0, self.interval_s - (time.monotonic() - started))
+            log.info("next retrain in %.0f s", wait)
+            self.stop.wait(wait)
+        return runs
+
+
+def options_from_args(args: argparse.Namespace) -> RetrainOptions:
+    train: dict[str, Any] = {}
+    for name in ("k", "trees", "depth", "levels", "limit", "sample_size", "featurizer", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            train[name] = value
+    return RetrainOptions(
+        data=tuple(args.data or ()),
+        archive_labels=not args.no_archive_labels,
+        retag=None if args.retag == "none" else args.retag,
+        train=train,
+        force=args.force,
+        progress=False if args.no_progress else None,
+    )
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``imagetag retrain``: once, or every ``--every``; prints each run's result."""
+    from imagetag.spark import spark_session
+
+    options = options_from_args(args)
+    interval = parse_duration(args.every) if args.every else None
+    spark = spark_session(settings, "imagetag-retrain")
+    failures = 0
+
+    def job() -> None:
+        nonlocal failures
+        try:
+            result = retrain_once(spark, settings, options)
+        except ImagetagError as exc:
+            if interval is None:
+                raise
+            failures += 1
+            log.error("retrain failed: %s (next run as scheduled)", exc)
+            return
+        print(json.dumps(result.as_dict(), sort_keys=True) if args.json else result.format())
+        sys.stdout.flush()
+
+    try:
+        if interval is None:
+            job()
+        else:
+            schedule = Schedule(interval)
+            schedule.install_signals()
+            schedule.run(job, args.max_runs)
+    finally:
+        with contextlib.suppress(Exception):
+            spark.stop()
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """spark-submit entry point: settings from the environment / imagetag.yaml."""
+    parser = argparse.ArgumentParser(prog="retrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="settings file (default: imagetag.yaml if present)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return run_command(args, Settings.load(args.config))
+    except ImagetagError as exc:
+        print(f"retrain: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    from batch.retrain import main as _main
+
+    sys.exit(_main())
