@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "imagetag.commands.backfill",
         "tag a historical corpus with Spark (archive, folder, datasets, Kafka); re-tag",
     ),
+    "train": ("imagetag.commands.train", "train a model bundle (dictionary + forest) on a corpus"),
+    "model": ("imagetag.commands.model", "list, show or promote model bundles in the model store"),
     "retrain": (
         "imagetag.commands.retrain",
         "retrain on the labelled corpus, promote if better, re-tag (once or --every)",
