@@ -158,11 +158,8 @@ def tag_kafka_rows(rows: pd.DataFrame, model: Any, settings: Settings) -> pd.Dat
     """Kafka rows -> one output row each: tagged (a Solr doc), review (a TagResult) or dead
     (a DeadLetter with the original key and value)."""
     events, dead = decode_events(rows)
-    out = tag_events(events, model, settings)
-    dead_rows = pd.DataFrame(
-        [("dead", "", None, key, value, None) for key, value in dead], columns=OUTPUT_COLUMNS
-    )
-    return pd.concat([dead_rows, out], ignore_index=True) if len(dead_rows) else out
+    out = [("dead", "", None, key, value, None) for key, value in dead]
+    return pd.DataFrame(out + _tag_event_rows(events, model, settings), columns=OUTPUT_COLUMNS)
 
 
 def tag_events(events: pd.DataFrame, model: Any, settings: Settings) -> pd.DataFrame:
@@ -172,10 +169,17 @@ def tag_events(events: pd.DataFrame, model: Any, settings: Settings) -> pd.DataF
     ``offset``, ``kafka_key`` and ``kafka_value`` (the record to dead-letter byte for byte; a
     backfill passes the bytes it read and its input coordinates).
     """
+    return pd.DataFrame(_tag_event_rows(events, model, settings), columns=OUTPUT_COLUMNS)
+
+
+OutputRow = tuple[str, str, str | None, bytes | None, bytes | None, int | None]
+
+
+def _tag_event_rows(events: pd.DataFrame, model: Any, settings: Settings) -> list[OutputRow]:
     from imagetag.tagging import tag_batch
 
     _, serialize_result, _ = _serde()
-    out: list[tuple[str, str, str | None, bytes | None, bytes | None, int | None]] = []
+    out: list[OutputRow] = []
     if len(events):
         by_id = {event["id"]: event for event in events.to_dict("records")}
         batch = events.drop(columns=["kafka_key", "kafka_value"])
@@ -207,7 +211,7 @@ def tag_events(events: pd.DataFrame, model: Any, settings: Settings) -> pd.DataF
                 str(row.get("detail") or ""),
             )
             out.append(("dead", row["id"], None, key, value, None))
-    return pd.DataFrame(out, columns=OUTPUT_COLUMNS)
+    return out
 
 
 def dead_letter_for_refused_doc(
