@@ -21,6 +21,7 @@ This module is also a ``spark-submit`` entry point: ``spark-submit streaming/job
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import threading
@@ -159,7 +160,7 @@ def progress_listener(stats: BatchStats) -> Any:
 
         def onQueryTerminated(self, event: Any) -> None:
             if event.exception:
-                log.error("query %s failed: %s", event.id, str(event.exception).splitlines()[0])
+                log.error("query %s failed: %s", event.id, summarize(str(event.exception)))
 
     return ProgressLog()
 
@@ -203,6 +204,15 @@ def start_queries(
         .start()
     )
     return [tag_query, archive_query]
+
+
+def summarize(error: str) -> str:
+    """The telling line of a Spark / py4j error: the innermost Python or Java exception."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*", line) and not line.startswith("at "):
+            return line[:500]
+    return lines[0][:500] if lines else "unknown error"
 
 
 class Stopper:
@@ -254,7 +264,7 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
                 for query in queries:
                     error = query.exception()
                     if error is not None:
-                        raise RuntimeError(str(error).splitlines()[0])
+                        raise RuntimeError(summarize(str(error)))
                     if not query.isActive:
                         raise RuntimeError(f"query {query.name} stopped")
                 stopper.event.wait(1.0)
