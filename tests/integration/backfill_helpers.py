@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 import requests
 from confluent_kafka import Consumer, TopicPartition
 
+from batch.backfill import event_row, rows_frame
 from imagetag.avro import AvroDeserializer
 from imagetag.bundle import ModelBundle, ModelStore
 from imagetag.dictionary import VisualDictionary
@@ -22,6 +24,9 @@ from imagetag.features import get_featurizer
 from imagetag.forest import Forest
 from imagetag.images import decode_image
 from imagetag.settings import ImageLimits, Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["red", "green", "blue", "grey"]
@@ -203,3 +208,35 @@ def review_ids(settings: Settings) -> list[str]:
     """Image ids of the TagResults in the review topic (with repeats, if any)."""
     deserialize = AvroDeserializer("TagResult")
     return [deserialize(v)["id"] for v in topic_values(settings, settings.kafka.topic_review)]
+
+
+def write_archive(
+    spark: SparkSession, settings: Settings, images: Sequence[tuple[bytes, str | None]]
+) -> None:
+    """The stream's raw archive, as its archive query writes it (records.archive_rows)."""
+    from streaming.job import ARCHIVE_SCHEMA, archive_partition
+
+    now = int(time.time() * 1000)
+    rows = rows_frame(
+        [
+            event_row(
+                data,
+                source=f"test://fashion/{i}",
+                label=label,
+                metadata={},
+                produced_at_ms=now,
+                topic=settings.kafka.topic_images,
+                partition=0,
+                offset=i,
+                timestamp_ms=now,
+            )
+            for i, (data, label) in enumerate(images)
+        ]
+    )
+    (
+        spark.createDataFrame(rows)
+        .mapInPandas(archive_partition, ARCHIVE_SCHEMA)
+        .write.mode("append")
+        .partitionBy("ingest_date")
+        .parquet(settings.archive_dir)
+    )

@@ -4,20 +4,25 @@ unchanged corpus is not retrained."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import pytest
 
-from batch.backfill import BackfillOptions, event_row, rows_frame, run_backfill
+from batch.backfill import BackfillOptions, run_backfill
 from batch.retrain import RetrainOptions, retrain_once
 from imagetag.avro import AvroDeserializer
 from imagetag.bundle import ModelStore
 from imagetag.datasets import FASHION_MNIST_LABELS, fashion_mnist_paths, read_idx
 from imagetag.settings import Settings
-from tests.integration.backfill_helpers import hand_model, sha256, solr_docs, topic_values
+from tests.integration.backfill_helpers import (
+    hand_model,
+    sha256,
+    solr_docs,
+    topic_values,
+    write_archive,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -31,35 +36,6 @@ SMALL = {"k": 32, "trees": 20, "levels": 1, "sample_size": 20_000}  # ~1 minute 
 def fashion(split: Literal["train", "test"], count: int) -> list[tuple[bytes, str]]:
     records = read_idx(*fashion_mnist_paths(split), start=0, count=count, label_names=LABELS)
     return [(r.data, str(r.label)) for r in records]
-
-
-def write_archive(spark: SparkSession, settings: Settings, images: list[tuple[bytes, str]]) -> None:
-    """The stream's raw archive, as its archive query writes it (records.archive_rows)."""
-    from streaming.job import ARCHIVE_SCHEMA, archive_partition
-
-    now = int(time.time() * 1000)
-    rows = rows_frame(
-        [
-            event_row(
-                data,
-                source=f"test://fashion/{i}",
-                label=label,
-                metadata={},
-                produced_at_ms=now,
-                topic=settings.kafka.topic_images,
-                partition=0,
-                offset=i,
-                timestamp_ms=now,
-            )
-            for i, (data, label) in enumerate(images)
-        ]
-    )
-    (
-        spark.createDataFrame(rows)
-        .mapInPandas(archive_partition, ARCHIVE_SCHEMA)
-        .write.partitionBy("ingest_date")
-        .parquet(settings.archive_dir)
-    )
 
 
 @pytest.fixture
