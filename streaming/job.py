@@ -240,9 +240,9 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
     """Run the stream until SIGTERM; restart failed queries from their checkpoints."""
     from imagetag.spark import spark_session
 
+    spark = spark_session(settings, "imagetag-stream")
     stopper = Stopper()
     stopper.install()
-    spark = spark_session(settings, "imagetag-stream")
     stats = BatchStats()
     spark.streams.addListener(progress_listener(stats))
     backoff = 1.0
