@@ -34,6 +34,7 @@ def build_query(
     if vector is not None:
         values = ",".join(f"{x:.6f}" for x in vector)
         q = f"{{!knn f=vector topK={rows + 1}}}[{values}]"
+        params["rows"] = rows + 1  # the image itself is among its neighbours
     else:
         q = "*:*"
         params["sort"] = "confidence desc, id asc"
