@@ -10,14 +10,17 @@ centre, one ``bincount`` for the histograms). There is no per-descriptor Python 
 Encoding, in order:
 
 1. **Assignment**: each descriptor goes to its nearest centre (squared Euclidean distance,
-   computed as ``|x|² - 2 x·c + |c|²``).
+   computed as ``|x|² - 2 x·c + |c|²``): a one-hot code. With ``neighbors > 1`` the code is
+   *soft* ("kernel codebook"): weights on the ``neighbors`` nearest centres proportional to
+   ``exp(-d² / (2 sigma²))``, summing to 1 (``sigma`` is set at training from the KMeans
+   cost: the RMS distance of a descriptor to its centre).
 2. **Spatial pyramid** (``levels``): level ``l`` splits the image into ``2^l × 2^l`` cells;
    each descriptor also counts in the cell holding its position. ``levels=1`` is the plain
    bag of words (k values); ``levels=2`` adds the 2×2 quadrants (5k values); the layout is
    ``[whole image | cell (0,0) | cell (0,1) | cell (1,0) | cell (1,1)]``, cells row-major.
-3. **Pooling** per cell: ``count`` (how many descriptors chose each word), ``sum`` (sum of the
-   one-hot codes, identical to count for hard assignment; kept as a distinct name for soft
-   codes) or ``max`` (1 when any descriptor chose the word: presence).
+3. **Pooling** per cell: ``count`` (how many descriptors have each word as nearest centre,
+   whatever the codes), ``sum`` (sum of the codes: equal to count for one-hot codes) or
+   ``max`` (largest code: for one-hot codes, 1 when any descriptor chose the word).
 4. **Normalisation** of the whole vector: ``none``, ``l1`` (sums to 1), ``l2`` (unit length)
    or ``sqrt`` (Hellinger: L1-normalise then element-wise square root, which has unit L2 norm).
 
@@ -62,6 +65,8 @@ class VisualDictionary:
     pooling: Pooling = "count"
     normalization: Normalization = "sqrt"
     levels: int = 1
+    neighbors: int = 1
+    sigma: float = 0.0
     _center_sq: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +81,10 @@ class VisualDictionary:
             )
         if not 1 <= self.levels <= 4:
             raise DictionaryError(f"levels must be 1..4, got {self.levels}")
+        if not 1 <= self.neighbors <= centers.shape[0]:
+            raise DictionaryError(f"neighbors must be 1..k, got {self.neighbors}")
+        if self.neighbors > 1 and not self.sigma > 0:
+            raise DictionaryError("soft assignment (neighbors > 1) needs sigma > 0")
         object.__setattr__(self, "centers", centers)
         object.__setattr__(self, "_center_sq", (centers.astype(np.float64) ** 2).sum(axis=1))
 
@@ -106,22 +115,50 @@ class VisualDictionary:
             "pooling": self.pooling,
             "normalization": self.normalization,
             "levels": self.levels,
+            "neighbors": self.neighbors,
+            "sigma": self.sigma,
         }
 
     # -- encoding ------------------------------------------------------------------------------
 
-    def assign(self, descriptors: np.ndarray) -> np.ndarray:
-        """Index of the nearest centre of each row of ``descriptors`` (``int64[n]``)."""
+    def _check(self, descriptors: np.ndarray) -> np.ndarray:
         x = np.asarray(descriptors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.descriptor_dim:
             raise DictionaryError(
                 f"descriptors must be [n, {self.descriptor_dim}], got {list(x.shape)}"
             )
+        return x
+
+    def assign(self, descriptors: np.ndarray) -> np.ndarray:
+        """Index of the nearest centre of each row of ``descriptors`` (``int64[n]``)."""
+        x = self._check(descriptors)
         if len(x) == 0:
             return np.zeros(0, np.int64)
         # |x|² is the same for every centre of a row: the argmin only needs |c|² - 2 x·c.
         scores = self._center_sq[None, :].astype(np.float32) - 2.0 * (x @ self.centers.T)
         return np.argmin(scores, axis=1)
+
+    def codes(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse codes: ``(words int64[n, m], weights float64[n, m])``, nearest word first.
+
+        ``m = 1`` (weight 1) for hard assignment, ``m = neighbors`` for soft assignment.
+        """
+        x = self._check(descriptors)
+        m = self.neighbors
+        if len(x) == 0:
+            return np.zeros((0, m), np.int64), np.zeros((0, m), np.float64)
+        scores = self._center_sq[None, :].astype(np.float32) - 2.0 * (x @ self.centers.T)
+        if m == 1:
+            return np.argmin(scores, axis=1)[:, None], np.ones((len(x), 1))
+        words = np.argpartition(scores, m - 1, axis=1)[:, :m]
+        near = np.take_along_axis(scores, words, axis=1).astype(np.float64)
+        order = np.argsort(near, axis=1, kind="stable")
+        words = np.take_along_axis(words, order, axis=1)
+        near = np.take_along_axis(near, order, axis=1)
+        # d² = |x|² + score; the |x|² term cancels in the normalised weights.
+        weights = np.exp(-(near - near[:, :1]) / (2.0 * self.sigma**2))
+        weights /= weights.sum(axis=1, keepdims=True)
+        return words.astype(np.int64), weights
 
     def encode(self, descriptors: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         """Encode one image's ``descriptors`` (``[n, d]``) into ``float32[dim]``.
@@ -153,28 +190,29 @@ class VisualDictionary:
             raise DictionaryError("image_index must have one entry per descriptor")
         if self.levels > 1 and (positions is None or len(positions) != len(descriptors)):
             raise DictionaryError("a spatial pyramid needs one position per descriptor")
-        words = self.assign(descriptors)
+        words, weights = self.codes(descriptors)
+        if self.pooling == "count":
+            words, weights = words[:, :1], np.ones((len(words), 1))
         k, cells = self.k, self.cells
-        # Flat bin of each (descriptor, level): ((image * cells) + cell) * k + word.
-        bins = [image_index * cells * k + words]
+        # Flat bin of each (descriptor, level, code): ((image * cells) + cell) * k + word.
+        base = [image_index * cells]
         offset = 1
         if self.levels > 1:
             pos = np.clip(np.asarray(positions, dtype=np.float64), 0.0, 1.0 - 1e-9)
             for level in range(1, self.levels):
                 side = 2**level
-                cell = (pos[:, 1] * side).astype(np.int64) * side + (pos[:, 0] * side).astype(
-                    np.int64
-                )
-                bins.append((image_index * cells + offset + cell) * k + words)
+                row = (pos[:, 1] * side).astype(np.int64)
+                column = (pos[:, 0] * side).astype(np.int64)
+                base.append(image_index * cells + offset + row * side + column)
                 offset += side * side
-        flat = np.concatenate(bins)
+        flat = np.concatenate([(b[:, None] * k + words).ravel() for b in base])
+        flat_weights = np.tile(weights.ravel(), len(base))
         size = n_images * cells * k
-        pooled: np.ndarray
+        pooled: np.ndarray = np.zeros(size, np.float64)
         if self.pooling == "max":
-            pooled = np.zeros(size, np.float64)
-            pooled[flat] = 1.0  # max over one-hot codes = presence
-        else:  # count and sum coincide for one-hot codes
-            pooled = np.bincount(flat, minlength=size).astype(np.float64)
+            np.maximum.at(pooled, flat, flat_weights)
+        else:
+            pooled = np.bincount(flat, weights=flat_weights, minlength=size)
         vectors = pooled.reshape(n_images, cells * k)
         return _normalize(vectors, self.normalization).astype(np.float32)
 
@@ -221,6 +259,8 @@ class VisualDictionary:
             pooling=params["pooling"],
             normalization=params["normalization"],
             levels=params["levels"],
+            neighbors=params.get("neighbors", 1),
+            sigma=params.get("sigma", 0.0),
         )
 
     # -- training ------------------------------------------------------------------------------
@@ -239,6 +279,7 @@ class VisualDictionary:
         pooling: Pooling = "count",
         normalization: Normalization = "sqrt",
         levels: int = 1,
+        neighbors: int = 1,
     ) -> tuple[VisualDictionary, Any]:
         """Train the dictionary with Spark MLlib KMeans (``k-means||`` init).
 
@@ -267,7 +308,17 @@ class VisualDictionary:
         centers = np.array([np.asarray(c) for c in model.clusterCenters()], dtype=np.float32)
         if len(centers) < k:
             raise DictionaryError(f"KMeans found {len(centers)} centres for k={k}: too few rows")
-        dictionary = cls(centers, pooling=pooling, normalization=normalization, levels=levels)
+        # Kernel width of soft codes: the RMS distance of a sample descriptor to its centre.
+        rows = model.summary.trainingCost / max(1, sum(model.summary.clusterSizes))
+        sigma = float(np.sqrt(rows)) if neighbors > 1 else 0.0
+        dictionary = cls(
+            centers,
+            pooling=pooling,
+            normalization=normalization,
+            levels=levels,
+            neighbors=neighbors,
+            sigma=sigma,
+        )
         return dictionary, model
 
 

@@ -142,3 +142,27 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(
         loaded.encode(DESCRIPTORS, POSITIONS), dictionary.encode(DESCRIPTORS, POSITIONS)
     )
+
+
+def test_soft_codes_by_hand() -> None:
+    # x = (4, 0): d² = 16 to centre 0, 36 to centre 1, 116 to centre 2 (not among 2 nearest).
+    # sigma² = 10 -> weights ∝ exp(-16/20), exp(-36/20) -> 1/(1+e^-1), e^-1/(1+e^-1).
+    dictionary = _dictionary(neighbors=2, sigma=float(np.sqrt(10.0)), normalization="none")
+    words, weights = dictionary.codes(np.array([[4.0, 0.0]], np.float32))
+    w0 = 1.0 / (1.0 + np.exp(-1.0))
+    assert words.tolist() == [[0, 1]]
+    assert weights[0] == pytest.approx([w0, 1.0 - w0])
+    summed = _dictionary(neighbors=2, sigma=np.sqrt(10.0), pooling="sum", normalization="none")
+    two = np.array([[4.0, 0.0], [4.0, 0.0]], np.float32)
+    assert summed.encode(two) == pytest.approx([2 * w0, 2 * (1 - w0), 0.0])
+    maxed = _dictionary(neighbors=2, sigma=np.sqrt(10.0), pooling="max", normalization="none")
+    assert maxed.encode(two) == pytest.approx([w0, 1 - w0, 0.0])
+    counted = _dictionary(neighbors=2, sigma=np.sqrt(10.0), pooling="count", normalization="none")
+    assert counted.encode(two).tolist() == [2.0, 0.0, 0.0]  # count ignores soft codes
+
+
+def test_soft_codes_need_sigma() -> None:
+    with pytest.raises(DictionaryError, match="sigma"):
+        _dictionary(neighbors=2)
+    with pytest.raises(DictionaryError, match="neighbors"):
+        _dictionary(neighbors=4, sigma=1.0)
