@@ -53,6 +53,7 @@ def images(count: int, start: int = 0) -> list[tuple[bytes, str]]:
 def raw_loop(settings: Settings, data: list[tuple[bytes, str]]) -> float:
     """images/s of tag_batch in one process, one core (OpenCV single-threaded)."""
     import cv2
+
     from imagetag.bundle import load_current
     from imagetag.tagging import tag_batch
 
