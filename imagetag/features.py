@@ -322,6 +322,12 @@ def _color_sample(image: Any, max_pixels: int, seed: int) -> np.ndarray:
     return flat.astype(np.float32)
 
 
+def _distinct_colors(sample: np.ndarray) -> int:
+    """Distinct BGR triples of a ``float32[n, 3]`` sample (packed into one integer each)."""
+    packed = sample.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
+    return len(np.unique(packed))
+
+
 def _kmeans(sample: np.ndarray, k: int) -> tuple[float, np.ndarray, np.ndarray]:
     """OpenCV KMeans (k-means++ init, one attempt) of ``float32[n, 3]`` pixels."""
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
@@ -342,8 +348,7 @@ def dominant_colors(
     ``max_pixels`` pixels.
     """
     sample = _color_sample(image, max_pixels, seed)
-    distinct = len(np.unique(sample, axis=0))
-    k = max(1, min(k, distinct))
+    k = max(1, min(k, _distinct_colors(sample)))
     cv2.setRNGSeed(seed)
     _, labels, centers = _kmeans(sample, k)
     counts = np.bincount(labels.ravel(), minlength=k)
@@ -391,7 +396,7 @@ def best_color_k(
     candidate skip it.
     """
     sample = _color_sample(image, max_pixels, seed)
-    distinct = len(np.unique(sample, axis=0))
+    distinct = _distinct_colors(sample)
     best_k, best_score = min(candidates), -2.0
     cv2.setRNGSeed(seed)
     for k in candidates:

@@ -1,0 +1,238 @@
+"""Benchmark: images/s/core of ``tag_batch`` against raw OpenCV extraction and per-descriptor encoding.
+
+For 28×28 (Fashion-MNIST-like PNG), 256×256 and 640×480 (JPEG) images, one process, OpenCV
+single-threaded (so every figure is per core), it prints:
+
+- ``tag_batch``: the whole tagging path (decode with limits, featurize, encode, vote, pHash,
+  colours, thumbnail);
+- ``extract``: raw OpenCV alone on the same images (``cv2.imdecode`` + the bundle's featurizer);
+  ``tag/extract`` shows what everything else (encoding, voting, index fields) costs;
+- ``encode``: our vectorised ``VisualDictionary.encode_batch`` on the extracted descriptors,
+  against the seed blog's loop that calls ``kmeans.predict(x)`` for each descriptor
+  (``pyspark.mllib.clustering.KMeansModel.predict``, run locally on the same centres) and
+  counts words in a Python histogram.
+
+The model is the CURRENT bundle of the model store when there is one (``imagetag train``),
+else a synthetic bundle of the default shape (dense SIFT, k=256, 2-level pyramid, 100 random
+trees of depth 20) so the figures stay comparable.
+
+    .venv/bin/python bench/bench_tag_batch.py [--images 300] [--store PATH] [--synthetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from imagetag.bundle import BundleError, ModelBundle, ModelStore
+from imagetag.dictionary import VisualDictionary
+from imagetag.features import Features, get_featurizer
+from imagetag.forest import Forest
+from imagetag.settings import Settings
+from imagetag.tagging import tag_batch
+
+SIZES = {"28x28": (28, 28, ".png"), "256x256": (256, 256, ".jpg"), "640x480": (640, 480, ".jpg")}
+
+
+def synthetic_bundle(trees: int = 100, depth: int = 20, k: int = 256) -> ModelBundle:
+    """A bundle shaped like a trained one: random centres; random trees (preorder ids) whose
+    branches stop with probability 0.35 per level below depth 6, and at ``depth`` at the latest
+    (about 5,000 nodes per tree, like a forest trained on Fashion-MNIST).
+    """
+    rng = np.random.default_rng(0)
+    featurizer = get_featurizer("dense-sift")
+    centers = rng.random((k, 128)).astype(np.float32)
+    centers = np.sqrt(centers / centers.sum(axis=1, keepdims=True))
+    dictionary = VisualDictionary(centers, levels=2, normalization="sqrt")
+    rows: list[dict[str, Any]] = []
+
+    def grow(tree: int, level: int) -> int:
+        node = len(rows) - starts[tree]
+        if level == depth or (level >= 6 and rng.random() < 0.35):
+            label = int(rng.integers(0, 10))
+            stats = [0.0] * 10
+            stats[label] = 1.0
+            rows.append(
+                {
+                    "tree": tree,
+                    "id": node,
+                    "left": -1,
+                    "right": -1,
+                    "feature": -1,
+                    "threshold": np.inf,
+                    "categorical": False,
+                    "prediction": float(label),
+                    "stats": stats,
+                }
+            )
+            return node
+        row = {
+            "tree": tree,
+            "id": node,
+            "left": -1,
+            "right": -1,
+            "feature": int(rng.integers(0, dictionary.dim)),
+            "threshold": float(rng.random() * 0.05),
+            "categorical": False,
+            "prediction": 0.0,
+            "stats": [0.1] * 10,
+        }
+        rows.append(row)
+        row["left"] = grow(tree, level + 1)
+        row["right"] = grow(tree, level + 1)
+        return node
+
+    starts: dict[int, int] = {}
+    for tree in range(trees):
+        starts[tree] = len(rows)
+        grow(tree, 0)
+    forest = Forest.from_nodes(pd.DataFrame(rows), [f"class{i}" for i in range(10)], dictionary.dim)
+    manifest = {"version": "synthetic", "vote_threshold": 0.4, "color_k": 3}
+    return ModelBundle("synthetic", manifest, featurizer, dictionary, forest)
+
+
+def make_images(size: str, count: int) -> list[bytes]:
+    width, height, ext = SIZES[size]
+    rng = np.random.default_rng(hash(size) % 2**32)
+    images = []
+    canvas: np.ndarray
+    for i in range(count):
+        if size == "28x28":
+            canvas = np.zeros((height, width), np.uint8)
+            cv2.ellipse(canvas, (14, 14), (6 + i % 6, 11), 0, 0, 360, int(120 + i % 100), -1)
+            canvas = np.asarray(cv2.add(canvas, rng.integers(0, 40, canvas.shape, dtype=np.uint8)))
+        else:
+            canvas = np.full((height, width, 3), 235, np.uint8)
+            for _ in range(20):
+                x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+                colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+                cv2.circle(canvas, (x, y), int(rng.integers(5, width // 6)), colour, -1)
+            canvas = np.asarray(cv2.GaussianBlur(canvas, (5, 5), 0))
+        ok, buf = cv2.imencode(ext, canvas)
+        assert ok
+        images.append(buf.tobytes())
+    return images
+
+
+def events(images: list[bytes]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": [hashlib.sha256(b).hexdigest() for b in images],
+            "image": images,
+            "content_type": "image/png",
+            "source": "bench://tag_batch",
+            "produced_at": int(time.time() * 1000),
+            "label": None,
+            "metadata": None,
+        }
+    )
+
+
+def rate(count: int, run: Callable[[], Any], repeat: int = 1) -> float:
+    """Items per second of ``run`` (which handles ``count`` items), best of ``repeat``."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return count / best
+
+
+def seed_blog_encode(kmeans: Any, features: list[Features], k: int) -> list[np.ndarray]:
+    """The seed blog's encoding: ``kmeans.predict(x)`` for every descriptor, then a histogram."""
+    vectors = []
+    for feats in features:
+        histogram = np.zeros(k)
+        for x in feats.descriptors:
+            histogram[kmeans.predict(x)] += 1
+        vectors.append(histogram / max(1.0, histogram.sum()))
+    return vectors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=300, help="images per size")
+    parser.add_argument("--loop-images", type=int, default=10, help="images for the slow loop")
+    parser.add_argument("--store", help="model store (default: the settings' model_store)")
+    parser.add_argument("--synthetic", action="store_true", help="use the synthetic bundle")
+    args = parser.parse_args()
+
+    from pyspark.mllib.clustering import KMeansModel  # a local model: no SparkContext needed
+
+    cv2.setNumThreads(1)
+    settings = Settings.load()
+    model: ModelBundle
+    if args.synthetic:
+        model = synthetic_bundle()
+    else:
+        try:
+            model = ModelStore(args.store or settings.model_store).load()
+        except BundleError:
+            model = synthetic_bundle()
+    dictionary = model.dictionary
+    kmeans = KMeansModel([c.astype(np.float64) for c in dictionary.centers])
+    print(
+        f"model {model.version}: {model.featurizer!r}, k={dictionary.k}, "
+        f"levels={dictionary.levels}, {model.forest}"
+    )
+    print("one process, OpenCV single-threaded: every figure is per core\n")
+    header = (
+        f"{'input':<9} {'tag_batch':>10} {'extract':>9} {'tag/extract':>12} "
+        f"{'encode (numpy)':>15} {'encode (predict loop)':>22} {'speed-up':>9} {'desc/img':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for size in SIZES:
+        count = args.images if size == "28x28" else max(20, args.images // 3)
+        images = make_images(size, count)
+        batch = events(images)
+        tag_batch(batch.iloc[:10], model)  # warm up (imports, OpenCV caches)
+
+        def tag_all(frame: pd.DataFrame = batch) -> None:
+            for lo in range(0, len(frame), 100):
+                tag_batch(frame.iloc[lo : lo + 100], model)
+
+        def extract_all(data: list[bytes] = images) -> list[Features]:
+            out = []
+            for b in data:
+                pixels = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+                out.append(model.featurizer.extract(pixels))
+            return out
+
+        tag_rate = rate(count, tag_all)
+        extract_rate = rate(count, extract_all)
+        features = extract_all()
+        per_image = float(np.mean([len(f) for f in features]))
+
+        def encode_numpy(feats: list[Features] = features) -> None:
+            counts = np.array([len(f) for f in feats])
+            dictionary.encode_batch(
+                np.concatenate([f.descriptors for f in feats]),
+                np.repeat(np.arange(len(feats)), counts),
+                len(feats),
+                np.concatenate([f.positions for f in feats]),
+            )
+
+        numpy_rate = rate(count, encode_numpy, repeat=3)
+        few = features[: args.loop_images]
+
+        def encode_loop(few: list[Features] = few) -> None:
+            seed_blog_encode(kmeans, few, dictionary.k)
+
+        loop_rate = rate(len(few), encode_loop)
+        print(
+            f"{size:<9} {tag_rate:>8.1f}/s {extract_rate:>7.1f}/s {tag_rate / extract_rate:>12.2f} "
+            f"{numpy_rate:>13.1f}/s {loop_rate:>20.2f}/s {numpy_rate / loop_rate:>8.0f}x "
+            f"{per_image:>9.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
