@@ -83,6 +83,7 @@ class TrainOptions:
     featurizer_params: dict[str, Any] = field(default_factory=dict)
     k: int = 256
     levels: int = 2
+    neighbors: int = 1
     pooling: str = "count"
     normalization: str = "sqrt"
     trees: int = 100
@@ -115,6 +116,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         featurizer_params=params,
         k=args.k,
         levels=args.levels,
+        neighbors=args.neighbors,
         pooling=args.pooling,
         normalization=args.normalization,
         trees=args.trees,
@@ -770,6 +772,7 @@ def train(
                     pooling=options.pooling,  # type: ignore[arg-type]
                     normalization=options.normalization,  # type: ignore[arg-type]
                     levels=options.levels,
+                    neighbors=options.neighbors,
                 )
                 summary = kmeans_model.summary
                 progress.note(

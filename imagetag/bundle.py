@@ -130,6 +130,7 @@ def build_manifest(
         "pooling": dictionary.pooling,
         "normalization": dictionary.normalization,
         "pyramid_levels": dictionary.levels,
+        "soft_neighbors": dictionary.neighbors,
         "vector_dim": dictionary.dim,
         "trees": trees,
         "depth": depth,

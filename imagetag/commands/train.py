@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--k", type=int, default=256, help="visual words (default 256)")
     parser.add_argument("--levels", type=int, default=2, help="spatial pyramid levels (default 2)")
+    parser.add_argument(
+        "--neighbors",
+        type=int,
+        default=1,
+        help="soft assignment over this many nearest words (1 = hard; default 1)",
+    )
     parser.add_argument("--pooling", default="count", choices=["count", "sum", "max"])
     parser.add_argument("--normalization", default="sqrt", choices=["none", "l1", "l2", "sqrt"])
     parser.add_argument("--trees", type=int, default=100, help="trees in the forest (default 100)")
