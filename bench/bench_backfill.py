@@ -124,8 +124,13 @@ class MemoryPeaks:
             pid = stack.pop()
             descendants.append(pid)
             stack.extend(tree.get(pid, []))
-        jvm = [p for p in descendants if "java" in _cmdline(p).split(" ")[0]]
-        workers = [p for p in descendants if "pyspark" in _cmdline(p)]
+        commands = {p: _cmdline(p) for p in descendants}
+        jvm = [p for p, c in commands.items() if c.split(" ")[0].endswith("java")]
+        workers = [
+            p
+            for p, c in commands.items()
+            if p not in jvm and ("pyspark.daemon" in c or "pyspark.worker" in c)
+        ]
         worker_rss = [_rss_mib(p) for p in workers]
         self.driver_python = max(self.driver_python, _rss_mib(driver))
         self.jvm = max(self.jvm, sum(_rss_mib(p) for p in jvm))
@@ -179,9 +184,25 @@ def cleanup(settings: Settings) -> None:
     shutil.rmtree(Path(settings.checkpoint_dir).parent, ignore_errors=True)
 
 
-def run_backfill(settings: Settings, data: Path, images: int, log: Path) -> Row:
-    from tests.e2e.conftest import settings_env
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as IMAGETAG_* environment variables, for the child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETAG_")}
+    data = settings.model_dump(mode="json")
+    data["kafka"].pop("client", None)  # secrets: the bench runs without SASL options
+    for section, value in data.items():
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if isinstance(inner, dict):
+                    if inner:
+                        env[f"IMAGETAG_{section.upper()}__{key.upper()}"] = json.dumps(inner)
+                elif inner is not None:
+                    env[f"IMAGETAG_{section.upper()}__{key.upper()}"] = str(inner)
+        elif value is not None:
+            env[f"IMAGETAG_{section.upper()}"] = str(value)
+    return env
 
+
+def run_backfill(settings: Settings, data: Path, images: int, log: Path) -> Row:
     command = [sys.executable, "-m", "batch.backfill", str(data.resolve()), "--format", "tiny"]
     command += ["--json", "--no-progress"]
     memory = MemoryPeaks()
