@@ -761,6 +761,25 @@ class BackfillState:
         _write_json(path, manifest)
         return manifest
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``state/lock`` (an flock: released if the process dies) for a run; a second
+        backfill with the same state folder is refused instead of racing the first."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise BackfillError(
+                    f"another backfill is running with the state folder {self.folder}"
+                ) from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def done_keys(self) -> set[str]:
         return {p.stem for p in self.done_dir.glob("*.json")}
 
@@ -1167,11 +1186,24 @@ class Backfill:
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> BackfillSummary:
+        """Plan, then tag and write round by round; returns the summary."""
+        conf = "spark.sql.execution.arrow.maxRecordsPerBatch"
+        previous = self.spark.conf.get(conf, None)
+        self.spark.conf.set(conf, str(self.options.batch_size))  # bounds tag_batch's memory
+        try:
+            with self.state.lock():
+                return self._run()
+        finally:
+            if previous is None:
+                self.spark.conf.unset(conf)
+            else:
+                self.spark.conf.set(conf, previous)
+
+    def _run(self) -> BackfillSummary:
         from imagetag.pipeline import CurrentModel, tag_frame, write_outputs
 
         opts, summary = self.options, self.summary
         started = time.monotonic()
-        self.spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_size))
         if opts.retag:
             summary.retag_ids = self.collect_retag_ids()
             log.info("%d documents to re-tag with %s", summary.retag_ids, self.current)

@@ -336,16 +336,18 @@ def options_from_args(args: argparse.Namespace) -> RetrainOptions:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``imagetag retrain``: once, or every ``--every``; prints each run's result."""
+    """``imagetag retrain``: once, or every ``--every``; prints each run's result. A scheduled
+    run gets its own Spark session, stopped afterwards (nothing held between runs); a failed
+    scheduled run is logged and the schedule goes on (exit code 1 at the end)."""
     from imagetag.spark import spark_session
 
     options = options_from_args(args)
     interval = parse_duration(args.every) if args.every else None
-    spark = spark_session(settings, "imagetag-retrain")
     failures = 0
 
     def job() -> None:
         nonlocal failures
+        spark = spark_session(settings, "imagetag-retrain")
         try:
             result = retrain_once(spark, settings, options)
         except ImagetagError as exc:
@@ -354,19 +356,18 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
             failures += 1
             log.error("retrain failed: %s (next run as scheduled)", exc)
             return
+        finally:
+            with contextlib.suppress(Exception):
+                spark.stop()
         print(json.dumps(result.as_dict(), sort_keys=True) if args.json else result.format())
         sys.stdout.flush()
 
-    try:
-        if interval is None:
-            job()
-        else:
-            schedule = Schedule(interval)
-            schedule.install_signals()
-            schedule.run(job, args.max_runs)
-    finally:
-        with contextlib.suppress(Exception):
-            spark.stop()
+    if interval is None:
+        job()
+    else:
+        schedule = Schedule(interval)
+        schedule.install_signals()
+        schedule.run(job, args.max_runs)
     return 1 if failures else 0
 
 

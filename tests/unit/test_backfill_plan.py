@@ -156,6 +156,18 @@ def test_state_records_finished_splits(tmp_path: Path) -> None:
     assert fresh.done_keys() == set()
 
 
+def test_one_backfill_per_state_folder(tmp_path: Path) -> None:
+    state = BackfillState(tmp_path / "state")
+    with (
+        state.lock(),
+        pytest.raises(BackfillError, match="another backfill"),
+        BackfillState(tmp_path / "state").lock(),
+    ):
+        pass
+    with state.lock():  # released after the run
+        pass
+
+
 def test_split_markers_guard_a_round_by_its_splits(tmp_path: Path) -> None:
     markers = SplitMarkers(tmp_path)
     a, b = Split(0, "tiny", ("/t",), 0, 5), Split(1, "tiny", ("/t",), 5, 5)
