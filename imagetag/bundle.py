@@ -321,12 +321,15 @@ def _java_array(java_class: Any, values: list[Any]) -> Any:
 
 class ModelStore:
     """Versioned bundles under ``uri``. ``spark`` is needed only for non-local URIs (and is
-    looked up as the active session when not given)."""
+    looked up as the active session when not given). ``via_hadoop`` sends even a local path
+    through Hadoop's FileSystem (what the tests use to exercise that code path)."""
 
-    def __init__(self, uri: str, spark: SparkSession | None = None) -> None:
+    def __init__(
+        self, uri: str, spark: SparkSession | None = None, *, via_hadoop: bool = False
+    ) -> None:
         self.uri = str(uri)
         self._fs: _LocalFS | _HadoopFS
-        if is_local(self.uri):
+        if is_local(self.uri) and not via_hadoop:
             self._fs = _LocalFS(_local_path(self.uri))
         else:
             if spark is None:
