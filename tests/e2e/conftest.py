@@ -95,9 +95,15 @@ def solr_docs(settings: Settings, fl: str = "id,model_version,tags,confidence") 
 
 
 def solr_count(settings: Settings) -> int:
+    """Documents in the collection; -1 while Solr is down or the collection still recovering."""
     url = f"{settings.solr.url}/{settings.solr.collection}/select"
-    body = requests.get(url, params={"q": "*:*", "rows": "0", "wt": "json"}, timeout=30).json()
-    return int(body["response"]["numFound"])
+    try:
+        response = requests.get(url, params={"q": "*:*", "rows": "0", "wt": "json"}, timeout=30)
+    except requests.RequestException:
+        return -1
+    if response.status_code != 200:
+        return -1
+    return int(response.json()["response"]["numFound"])
 
 
 def topic_records(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes]]:

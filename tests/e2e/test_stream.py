@@ -183,6 +183,7 @@ def test_solr_outage_stalls_and_resumes(
     finally:
         pid = solr.start()
         solr.wait_ready(pid, time.monotonic() + 120)
+        wait_until(lambda: solr_count(stream_settings) >= 0, 120, "the collection to recover")
     wait_until(accounted(stream_settings, len(first | second), 0), 300, "the stalled images")
     assert_exact(stream_settings, first | second, dead=0)
     assert "solr at" in stream.log() and "retrying" in stream.log()
