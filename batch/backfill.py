@@ -791,6 +791,18 @@ class BackfillState:
     def ids_dir(self) -> Path:
         return self.folder / "ids"
 
+    @property
+    def complete_marker(self) -> Path:
+        return self.folder / "complete"
+
+    def reset_progress(self) -> None:
+        """Forget finished splits, sink markers and the re-tag id set (the manifest stays)."""
+        for name in ("done", "sinks", "ids"):
+            shutil.rmtree(self.folder / name, ignore_errors=True)
+        self.complete_marker.unlink(missing_ok=True)
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        (self.folder / "sinks").mkdir(parents=True, exist_ok=True)
+
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
@@ -1205,6 +1217,11 @@ class Backfill:
         opts, summary = self.options, self.summary
         started = time.monotonic()
         if opts.retag:
+            if self.state.complete_marker.exists():
+                # A re-tag is a query ("what is not on CURRENT now"): once a run of it finished,
+                # the next run asks again instead of finding everything done.
+                log.info("the previous re-tag finished: collecting the ids again")
+                self.state.reset_progress()
             summary.retag_ids = self.collect_retag_ids()
             log.info("%d documents to re-tag with %s", summary.retag_ids, self.current)
         splits = self.plan() if not opts.retag or summary.retag_ids else []
@@ -1249,6 +1266,8 @@ class Backfill:
             summary.seconds = time.monotonic() - started
         if summary.splits_done:
             self._commit()
+        if summary.splits_remaining == 0:
+            self.state.complete_marker.touch()
         return summary
 
     def _run_round(

@@ -156,6 +156,21 @@ def test_state_records_finished_splits(tmp_path: Path) -> None:
     assert fresh.done_keys() == set()
 
 
+def test_reset_progress_forgets_splits_markers_and_ids(tmp_path: Path) -> None:
+    state = BackfillState(tmp_path / "state")
+    state.open({"source": "archive", "kind": "archive", "started_ms": 1})
+    split = Split(0, "archive", ("/a.parquet",))
+    state.finish(split, {})
+    SplitMarkers(state.folder).for_round([split]).mark(0)
+    state.ids_dir.mkdir()
+    state.complete_marker.touch()
+    state.reset_progress()
+    assert state.done_keys() == set() and not state.ids_dir.exists()
+    assert not state.complete_marker.exists()
+    assert not SplitMarkers(state.folder).for_round([split]).done(0)
+    assert (state.folder / "manifest.json").exists()
+
+
 def test_one_backfill_per_state_folder(tmp_path: Path) -> None:
     state = BackfillState(tmp_path / "state")
     with (
