@@ -5,11 +5,12 @@ document; ``SolrWriter`` sends documents in batches to the collection alias with
 ``commitWithin``. The image id is the document id, so every write is an idempotent upsert and a
 retried or replayed batch never duplicates anything.
 
-Faults: while Solr is unreachable or overloaded (connection errors, timeouts, 5xx, 429) the
+Faults: while Solr is unreachable, overloaded or still loading (anything but a refused document) the
 writer retries with capped exponential backoff *without giving up*: the micro-batch stalls and
 the stream's offsets do not advance until Solr has accepted the batch. A document Solr refuses
-(4xx) is isolated by retrying the batch one document at a time and returned as rejected, so one
-bad document never blocks the stream and never silently disappears.
+is isolated by retrying the batch one document at a time and returned as rejected, so one
+bad document never blocks the stream and never silently disappears. A document is refused
+when Solr answers HTTP 400 naming it (``ERROR: [doc=...] ...``).
 """
 
 from __future__ import annotations
@@ -156,12 +157,16 @@ _STATUS = re.compile(r"\(HTTP (\d{3})\)")
 
 
 def _is_transient(error: pysolr.SolrError) -> bool:
-    """Connection errors, timeouts, 5xx and 429 are worth waiting for; other 4xx are not."""
+    """Only a document Solr refuses (HTTP 400 naming a ``[doc=...]``) is not worth waiting for.
+
+    Everything else is the service, not the data: connection refused, timeouts, 5xx, 429, and
+    the 404 / 400 "no active replica" answers of a node whose cores are still loading after a
+    restart. Those stall the batch until Solr is back.
+    """
     match = _STATUS.search(str(error))
     if match is None:
-        return True  # no HTTP status: connection refused, timeout, broken response
-    status = int(match.group(1))
-    return status >= 500 or status == 429
+        return True
+    return not (int(match.group(1)) == 400 and "[doc=" in str(error))
 
 
 class SolrWriter:

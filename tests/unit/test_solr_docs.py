@@ -80,7 +80,10 @@ class FakeClient:
             self.outages -= 1
             raise pysolr.SolrError("Failed to connect to server at http://solr/update/")
         if any(d["id"].startswith("x") for d in docs):
-            raise pysolr.SolrError("Solr responded with an error (HTTP 400): bad doc")
+            bad = next(d["id"] for d in docs if d["id"].startswith("x"))
+            raise pysolr.SolrError(
+                f"Solr responded with an error (HTTP 400): [Reason: ERROR: [doc={bad}] unknown field]"
+            )
         self.stored.update({d["id"]: d for d in docs})
 
 
@@ -107,3 +110,19 @@ def test_writer_isolates_refused_documents() -> None:
     assert [doc["id"] for doc, _ in result.rejected] == ["x2"]
     assert "HTTP 400" in result.rejected[0][1]
     assert sorted(client.stored) == ["1", "3", "4"]
+
+
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        ("Failed to connect to server at http://solr/update/", True),
+        ("Solr responded with an error (HTTP 503): no servers hosting shard", True),
+        ("Solr responded with an error (HTTP 404): Not Found", True),
+        ("Solr responded with an error (HTTP 400): No active replicas", True),
+        ("Solr responded with an error (HTTP 400): [Reason: ERROR: [doc=a] bad]", False),
+    ],
+)
+def test_only_refused_documents_are_not_retried(message: str, transient: bool) -> None:
+    from imagetag.solr import _is_transient
+
+    assert _is_transient(pysolr.SolrError(message)) is transient
