@@ -27,7 +27,7 @@ from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
 
 IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
-TRAIN_LIMIT = int(os.environ.get("DEMO_TRAIN_LIMIT", "20000"))
+TRAIN_LIMIT = int(os.environ.get("DEMO_TRAIN_LIMIT", "10000"))
 PRODUCE = int(os.environ.get("DEMO_IMAGES", "10000"))
 
 
