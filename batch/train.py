@@ -83,15 +83,15 @@ class TrainOptions:
     featurizer_params: dict[str, Any] = field(default_factory=dict)
     k: int = 256
     levels: int = 2
-    neighbors: int = 1
-    pooling: str = "count"
+    neighbors: int = 5
+    pooling: str = "sum"
     normalization: str = "sqrt"
     trees: int = 100
     depth: int = 20
-    max_bins: int = 32
-    min_instances: int = 1
+    max_bins: int = 12
+    min_instances: int = 3
     subsampling: float = 1.0
-    sample_size: int = 150_000  # descriptors for KMeans
+    sample_size: int = 100_000  # descriptors for KMeans
     descriptors_per_image: int = 16
     kmeans_iterations: int = 15
     limit: int | None = None  # at most this many records per split
@@ -832,7 +832,7 @@ def train(
                     subsamplingRate=options.subsampling,
                     featureSubsetStrategy="sqrt",
                     cacheNodeIds=True,
-                    maxMemoryInMB=512,
+                    maxMemoryInMB=256,
                     seed=options.seed,
                 )
                 forest_model = classifier.fit(train_rows)

@@ -32,17 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--neighbors",
         type=int,
-        default=1,
-        help="soft assignment over this many nearest words (1 = hard; default 1)",
+        default=5,
+        help="soft assignment over this many nearest words (1 = hard; default 5)",
     )
-    parser.add_argument("--pooling", default="count", choices=["count", "sum", "max"])
+    parser.add_argument("--pooling", default="sum", choices=["count", "sum", "max"])
     parser.add_argument("--normalization", default="sqrt", choices=["none", "l1", "l2", "sqrt"])
     parser.add_argument("--trees", type=int, default=100, help="trees in the forest (default 100)")
     parser.add_argument("--depth", type=int, default=20, help="maximum tree depth (default 20)")
-    parser.add_argument("--max-bins", type=int, default=32)
-    parser.add_argument("--min-instances", type=int, default=1, help="minimum rows per leaf")
+    parser.add_argument(
+        "--max-bins", type=int, default=12, help="split candidates per feature (default 12)"
+    )
+    parser.add_argument(
+        "--min-instances", type=int, default=3, help="minimum rows per leaf (default 3)"
+    )
     parser.add_argument("--subsampling", type=float, default=1.0, help="bootstrap sample rate")
-    parser.add_argument("--sample-size", type=int, default=150_000, help="descriptors for KMeans")
+    parser.add_argument(
+        "--sample-size", type=int, default=100_000, help="descriptors for KMeans (default 100k)"
+    )
     parser.add_argument("--kmeans-iterations", type=int, default=15)
     parser.add_argument("--limit", type=int, help="at most N records per split (quick runs)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="folders/CSV only")
