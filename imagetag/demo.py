@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import requests
 
 from imagetag.errors import ImagetagError
-from imagetag.kafka_admin import ensure_topics
+from imagetag.kafka_admin import delete_topics, ensure_topics, topic_names
 from imagetag.settings import Settings
 from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
@@ -72,6 +73,16 @@ def _png_bomb_header() -> bytes:
     )
 
 
+def _wait_topics_gone(settings: Settings) -> None:
+    from imagetag.kafka_admin import admin_client
+
+    names = set(topic_names(settings))
+    for _ in range(60):
+        if not names & set(admin_client(settings).list_topics(timeout=10).topics):
+            return
+        time.sleep(0.5)
+
+
 def count_topic(settings: Settings, topic: str) -> int:
     """Records in a topic (sum of high watermarks; our topics are never compacted/trimmed here)."""
     from confluent_kafka import Consumer, TopicPartition
@@ -116,9 +127,21 @@ def run(settings: Settings) -> int:
         print(f"    {status.line()}")
     done(started, "stack up")
 
-    started = step("imagetag init: topics, configset, collection behind its alias")
+    started = step("imagetag init from a clean slate: topics, collection, checkpoints emptied")
+    # The demo counts what it sent against what arrived, so a previous run's records (which
+    # the stream would de-duplicate against) must not be there: start empty every time.
+    delete_topics(settings, topic_names(settings))
+    _wait_topics_gone(settings)
     ensure_topics(settings)
     collection, _ = SolrAdmin(settings).ensure_collection()
+    requests.post(
+        f"{settings.solr.url}/{settings.solr.collection}/update",
+        params={"commit": "true"},
+        json={"delete": {"query": "*:*"}},
+        timeout=60,
+    ).raise_for_status()
+    for folder in (settings.checkpoint_dir, settings.archive_dir):
+        shutil.rmtree(folder, ignore_errors=True)
     done(started, f"alias {settings.solr.collection} -> {collection}")
 
     version = current_version()
