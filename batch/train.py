@@ -137,21 +137,35 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 
 class Progress:
-    """Prints one line per stage with its wall time; keeps the timings for the manifest."""
+    """Prints one line per stage with its wall time (and the CPU time the driver JVM, its
+    Python workers and this process used, when known); keeps both for the manifest.
 
-    def __init__(self, out: Callable[[str], None] | None = None) -> None:
+    CPU seconds do not depend on what else runs on the machine: on an idle box with N cores
+    a stage takes about ``max(cpu / N, ...)`` of wall time.
+    """
+
+    def __init__(
+        self, out: Callable[[str], None] | None = None, cpu: Callable[[], float] | None = None
+    ) -> None:
         self.out = out or (lambda line: print(line, flush=True))
+        self.cpu = cpu
         self.timings: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
         self._started = time.perf_counter()
 
     @contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:
         self.out(f"[{name}] {what} ...")
         started = time.perf_counter()
+        cpu_started = self.cpu() if self.cpu else 0.0
         yield
         elapsed = time.perf_counter() - started
         self.timings[name] = round(elapsed, 1)
-        self.out(f"[{name}] done in {elapsed:.1f} s")
+        used = ""
+        if self.cpu:
+            self.cpu_seconds[name] = round(self.cpu() - cpu_started, 1)
+            used = f" (cpu {self.cpu_seconds[name]:.1f} s)"
+        self.out(f"[{name}] done in {elapsed:.1f} s{used}")
 
     def note(self, line: str) -> None:
         self.out(f"    {line}")
@@ -170,6 +184,24 @@ def _status_kib(pid: int, key: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def process_tree_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of this process, of ``pid`` and of all its descendants,
+    living or reaped (``/proc``; 0 for the part that cannot be read)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    total = own.user + own.system + own.children_user + own.children_system
+    if pid is None:
+        return total
+    for member in [pid, *_descendants(pid)]:
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def _descendants(pid: int) -> list[int]:
@@ -715,7 +747,6 @@ def train(
 
     from imagetag.spark import spark_session
 
-    progress = Progress(out)
     featurizer = get_featurizer(options.featurizer, **options.featurizer_params)
     limits = settings.limits
     own_session = spark is None
@@ -728,6 +759,7 @@ def train(
             jvm_pid = None
     except Exception:
         jvm_pid = None
+    progress = Progress(out, cpu=lambda: process_tree_cpu(jvm_pid))
     store = ModelStore(settings.model_store, spark)
     cached: list[DataFrame] = []
     try:
@@ -873,6 +905,7 @@ def train(
             # 8. bundle + promotion
             with progress.stage("bundle", f"writing {version} to {store.uri}"):
                 metrics["timings_s"] = dict(progress.timings)
+                metrics["cpu_s"] = dict(progress.cpu_seconds)
                 manifest = build_manifest(
                     version,
                     featurizer,
@@ -909,7 +942,8 @@ def train(
             "{driver_python_peak_mib} MiB, Python worker {python_worker_peak_mib} MiB "
             "(all workers together {python_workers_total_peak_mib} MiB)".format(**mem)
         )
-        progress.note(f"total {progress.total:.1f} s")
+        cpu_total = sum(progress.cpu_seconds.values())
+        progress.note(f"total {progress.total:.1f} s (cpu {cpu_total:.1f} s in the stages)")
         return TrainResult(version, manifest, promoted, reason)
     finally:
         for frame in cached:

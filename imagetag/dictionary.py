@@ -303,6 +303,7 @@ class VisualDictionary:
             maxIter=max_iter,
             tol=tol,
             seed=seed,
+            solver="block",  # distances as matrix products (GEMM): descriptors are dense
         )
         model = kmeans.fit(frame)
         centers = np.array([np.asarray(c) for c in model.clusterCenters()], dtype=np.float32)
