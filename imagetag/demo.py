@@ -160,7 +160,7 @@ def run(settings: Settings) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     stream_log = logs / "stream.log"
     started = step(f"starting `imagetag stream` (log: {stream_log})")
-    with open(stream_log, "ab") as log_file:
+    with open(stream_log, "wb") as log_file:  # a fresh log: readiness is read from it
         stream = subprocess.Popen([IMAGETAG, "stream"], stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait(lambda: "streaming " in stream_log.read_text(errors="replace"), 180, stream)
