@@ -171,13 +171,13 @@ def run(settings: Settings) -> int:
             "dlq": count_topic(settings, settings.kafka.topic_dlq),
         }
         started = step(f"producing {PRODUCE} Fashion-MNIST test images + corrupt files")
-        from imagetag.datasets import fashion_mnist_paths, read_idx
+        from imagetag.datasets import FASHION_MNIST_LABELS, fashion_mnist_paths, read_idx
 
         images, labels = fashion_mnist_paths("test")
         ids: set[str] = set()
         produce_started = time.time()
         with ImageProducer(settings) as producer:
-            for record in read_idx(images, labels, count=PRODUCE):
+            for record in read_idx(images, labels, count=PRODUCE, label_names=FASHION_MNIST_LABELS):
                 producer.send(record.data, label=record.label, source=f"demo://{record.name}")
                 ids.add(hashlib.sha256(record.data).hexdigest())
             bad = corrupt_files()
