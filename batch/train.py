@@ -218,6 +218,8 @@ def _descendants(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
+            if child == os.getpid():  # under spark-submit this driver is the JVM's child
+                continue
             found.append(child)
             todo.append(child)
     return found
