@@ -305,12 +305,22 @@ class VisualDictionary:
             seed=seed,
             solver="block",  # distances as matrix products (GEMM): descriptors are dense
         )
+        # Spark's block solver fails with an index error when there are fewer rows than k;
+        # looking at the first k rows is cheap and gives a clear error instead.
+        rows_seen = frame.limit(k).count()
+        if rows_seen < k:
+            raise DictionaryError(
+                f"only {rows_seen} descriptors for k={k}: too few rows for KMeans"
+            )
         model = kmeans.fit(frame)
         centers = np.array([np.asarray(c) for c in model.clusterCenters()], dtype=np.float32)
         if len(centers) < k:
             raise DictionaryError(f"KMeans found {len(centers)} centres for k={k}: too few rows")
         # Kernel width of soft codes: the RMS distance of a sample descriptor to its centre.
         rows = model.summary.trainingCost / max(1, sum(model.summary.clusterSizes))
+        # A soft code cannot spread over more words than the dictionary has (tiny test
+        # dictionaries use k < the default five neighbours).
+        neighbors = min(neighbors, len(centers))
         sigma = float(np.sqrt(rows)) if neighbors > 1 else 0.0
         dictionary = cls(
             centers,

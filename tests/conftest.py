@@ -106,6 +106,22 @@ def spark(settings: Settings) -> Iterator[SparkSession]:
     session.stop()
 
 
+@pytest.fixture(scope="module")
+def local_spark() -> Iterator[SparkSession]:
+    """A local SparkSession (no Kafka/Solr needed); reuses and keeps one that already runs."""
+    from pyspark.sql import SparkSession
+
+    from imagetag.spark import spark_session
+
+    existing = SparkSession.getActiveSession()
+    session = existing or spark_session(
+        Settings.load(spark={"shuffle_partitions": 2}), "imagetag-local-test"
+    )
+    yield session
+    if existing is None:
+        session.stop()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Everything under tests/integration and tests/e2e is an integration test.
     for item in items:

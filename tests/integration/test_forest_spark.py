@@ -8,7 +8,6 @@ With depth-limited trees (impure leaves) the soft probabilities must still match
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +15,10 @@ import numpy as np
 import pytest
 
 from imagetag.forest import Forest
-from imagetag.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 CLASSES = ["a", "b", "c", "d"]
-
-
-@pytest.fixture(scope="module")
-def local_spark() -> Iterator[object]:
-    """A local SparkSession (no Kafka/Solr needed); reuses and keeps one that already runs."""
-    from pyspark.sql import SparkSession
-
-    from imagetag.spark import spark_session
-
-    existing = SparkSession.getActiveSession()
-    session = existing or spark_session(
-        Settings.load(spark={"shuffle_partitions": 2}), "imagetag-forest-test"
-    )
-    yield session
-    if existing is None:
-        session.stop()
 
 
 def _data(spark: object, rows: int = 800, seed: int = 0) -> tuple[object, np.ndarray]:
