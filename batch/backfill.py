@@ -35,8 +35,9 @@ later ``--retag`` or ``imagetag reindex`` finds their bytes.
 Resuming. Each finished split leaves a progress record ``done/<split>.json`` in the state
 folder (``--state``, default ``<checkpoint_dir>/backfill/<hash of the source and options>``); a
 restarted backfill skips finished splits. Solr writes are idempotent (ids are content hashes);
-the review / dead-letter appends of a round are guarded by per-split markers (``sinks/``), so a
-round re-done after a crash does not append them twice.
+the review / dead-letter records of a round go out in one Kafka transaction with a ledger entry
+naming its splits (``imagetag.sinks``), so a round re-done after a crash does not append them
+twice, and a round killed half-way leaves nothing a read_committed consumer sees.
 
 Re-tagging. ``--retag older`` re-tags archived images whose Solr document has a
 ``model_version`` other than ``CURRENT`` (ids paged from Solr with ``cursorMark``);
@@ -59,6 +60,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -69,8 +71,8 @@ from urllib.parse import quote, unquote
 from imagetag.commands.backfill import KINDS, RETAG_MODES, add_arguments
 from imagetag.errors import ConfigError, ImagetagError
 from imagetag.formats import CONTENT_TYPES, sniff_format
-from imagetag.pipeline import SinkMarkers
 from imagetag.settings import Settings
+from imagetag.sinks import TransactionalSink
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -712,26 +714,9 @@ def solr_delete_partition(settings_json: str) -> Callable[[Iterable[Any]], Itera
 # -- driver side: state ----------------------------------------------------------------------
 
 
-class SplitMarkers(SinkMarkers):
-    """SinkMarkers keyed by split: the current round's review / dead-letter appends are done
-    when every split of the round has its marker (``sinks/<split key>``)."""
-
-    def __init__(self, state_dir: str | Path) -> None:
-        super().__init__(str(state_dir))
-        self.keys: tuple[str, ...] = ()
-
-    def for_round(self, splits: Sequence[Split]) -> SplitMarkers:
-        self.keys = tuple(s.key for s in splits)
-        return self
-
-    def done(self, batch_id: int) -> bool:
-        del batch_id
-        return bool(self.keys) and all((self.folder / key).exists() for key in self.keys)
-
-    def mark(self, batch_id: int) -> None:
-        del batch_id
-        for key in self.keys:
-            (self.folder / key).touch()
+def round_token(splits: Sequence[Split]) -> str:
+    """The sink ledger's token for a round: which splits it wrote (see ``imagetag.sinks``)."""
+    return hashlib.sha1(",".join(s.key for s in splits).encode()).hexdigest()[:24]
 
 
 class BackfillState:
@@ -796,12 +781,23 @@ class BackfillState:
         return self.folder / "complete"
 
     def reset_progress(self) -> None:
-        """Forget finished splits, sink markers and the re-tag id set (the manifest stays)."""
+        """Forget finished splits, the sink id and the re-tag id set (the manifest stays)."""
         for name in ("done", "sinks", "ids"):
             shutil.rmtree(self.folder / name, ignore_errors=True)
         self.complete_marker.unlink(missing_ok=True)
         self.done_dir.mkdir(parents=True, exist_ok=True)
-        (self.folder / "sinks").mkdir(parents=True, exist_ok=True)
+
+    def sink_id(self) -> str:
+        """The transactional id of this state's review / dead-letter writes: new with the state
+        (a fresh start, or a re-tag asked again), the same across resumes, so the round an
+        interrupted run was writing is recognised by its token."""
+        path = self.folder / "sinks" / "id"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(f"imagetag-backfill-{uuid.uuid4().hex}")
+            os.replace(tmp, path)
+        return path.read_text().strip()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -980,7 +976,7 @@ class Backfill:
             fresh=options.fresh,
         )
         self.stamp_ms = int(self.manifest["started_ms"])
-        self.markers = SplitMarkers(self.state.folder)
+        self.sink: TransactionalSink | None = None
         self.summary = BackfillSummary(
             source=self.path, kind=self.kind, state_dir=str(self.state.folder), retag=options.retag
         )
@@ -1178,6 +1174,8 @@ class Backfill:
                     self.spark.read.format("kafka")
                     .options(**kafka_options(self.settings))
                     .option("subscribe", self.settings.kafka.topic_review)
+                    # only committed transactions: never an aborted attempt (imagetag.sinks)
+                    .option("kafka.isolation.level", "read_committed")
                     .option("startingOffsets", "earliest")
                     .option("endingOffsets", "latest")
                     .option("failOnDataLoss", "false")
@@ -1206,6 +1204,9 @@ class Backfill:
             with self.state.lock():
                 return self._run()
         finally:
+            if self.sink is not None:
+                self.sink.close()
+                self.sink = None
             if previous is None:
                 self.spark.conf.unset(conf)
             else:
@@ -1244,12 +1245,12 @@ class Backfill:
         models = CurrentModel(self.spark, self.settings) if pending else None
         bar = _progress_bar(len(splits), summary.splits_skipped, opts.progress)
         try:
-            for batch_id, round_splits in enumerate(rounds(pending, per_round)):
+            for round_splits in rounds(pending, per_round):
                 assert models is not None
                 model_bc = models.get()
                 if models.version and models.version not in summary.model_versions:
                     summary.model_versions.append(models.version)
-                counts = self._run_round(round_splits, batch_id, model_bc, tag_frame, write_outputs)
+                counts = self._run_round(round_splits, model_bc, tag_frame, write_outputs)
                 for split in round_splits:
                     self.state.finish(split, counts)
                 summary.splits_done += len(round_splits)
@@ -1273,7 +1274,6 @@ class Backfill:
     def _run_round(
         self,
         splits: Sequence[Split],
-        batch_id: int,
         model_bc: Any,
         tag_frame: Callable[..., DataFrame],
         write_outputs: Callable[..., dict[str, int]],
@@ -1287,9 +1287,9 @@ class Backfill:
         out = tag_frame(rows, model_bc, self.settings)
         try:
             sinks = out if self.options.kafka_sinks else out.where("kind = 'tagged'")
-            counts = write_outputs(
-                self.spark, self.settings, sinks, self.markers.for_round(splits), batch_id
-            )
+            if self.sink is None:
+                self.sink = TransactionalSink(self.settings, self.state.sink_id())
+            counts = write_outputs(self.settings, sinks, self.sink, round_token(splits))
             if not self.options.kafka_sinks:
                 for row in out.where("kind != 'tagged'").groupBy("kind").count().collect():
                     counts[row["kind"]] = counts.get(row["kind"], 0) + int(row["count"])

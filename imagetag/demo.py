@@ -22,7 +22,7 @@ import numpy as np
 import requests
 
 from imagetag.errors import ImagetagError
-from imagetag.kafka_admin import delete_topics, ensure_topics, topic_names
+from imagetag.kafka_admin import count_records, delete_topics, ensure_topics, topic_names
 from imagetag.settings import Settings
 from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
@@ -84,19 +84,8 @@ def _wait_topics_gone(settings: Settings) -> None:
 
 
 def count_topic(settings: Settings, topic: str) -> int:
-    """Records in a topic (sum of high watermarks; our topics are never compacted/trimmed here)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": "imagetag-demo-count"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            - consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0]
-            for p in partitions
-        )
-    finally:
-        consumer.close()
+    """Committed records in a topic (read, not watermarks: transaction markers take offsets)."""
+    return count_records(settings, topic)
 
 
 def solr_select(settings: Settings, **params: str) -> dict:

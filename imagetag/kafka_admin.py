@@ -103,3 +103,61 @@ def delete_topics(settings: Settings, names: list[str], timeout_s: float = 30.0)
         except KafkaException as exc:
             if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
                 log.warning("could not delete topic %s: %s", name, exc)
+
+
+def read_topic(
+    settings: Settings, topic: str, timeout_s: float = 60.0
+) -> list[tuple[bytes | None, bytes]]:
+    """Every committed (key, value) record of ``topic``, from the beginning to its current end.
+
+    Reads with ``isolation.level=read_committed`` and stops at each partition's end-of-partition
+    event, not at the high watermark: the review and dead-letter topics are written in
+    transactions (``imagetag.sinks``), whose commit markers take offsets no record has, and
+    whose aborted attempts must not be counted. Raises ServiceError if the end is not reached
+    within ``timeout_s`` (an open transaction holds read_committed readers back).
+    """
+    import time
+
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        settings.kafka.client_config()
+        | {
+            "group.id": f"imagetag-reader-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            raise ServiceError("kafka", settings.kafka.bootstrap_servers, f"no topic {topic}")
+        partitions = set(found.partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        records: list[tuple[bytes | None, bytes]] = []
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while ended != partitions:
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    "kafka",
+                    settings.kafka.bootstrap_servers,
+                    f"{topic} not read to its end in {timeout_s:.0f}s "
+                    f"(partitions {sorted(partitions - ended)})",
+                )
+            for message in consumer.consume(1000, timeout=1.0):
+                error = message.error()
+                if error is None:
+                    records.append((message.key(), message.value() or b""))
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    ended.add(int(message.partition() or 0))
+        return records
+    finally:
+        consumer.close()
+
+
+def count_records(settings: Settings, topic: str) -> int:
+    """Committed records in ``topic`` (not the watermark difference, which counts markers)."""
+    return len(read_topic(settings, topic))

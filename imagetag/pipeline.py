@@ -9,15 +9,16 @@ so the two write exactly the same things.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from imagetag.settings import Settings
+from imagetag.sinks import TransactionalSink
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
@@ -91,44 +92,8 @@ class CurrentModel:
         return self.broadcast
 
 
-class SinkMarkers:
-    """Which micro-batches already wrote their review / dead-letter records.
-
-    Solr upserts are idempotent by id; Kafka appends are not. When Spark re-runs a batch after a
-    crash (its offsets were not committed), the Kafka writes are skipped if this batch's marker
-    exists, so a replay does not append the same review or dead-letter records twice.
-    """
-
-    def __init__(self, checkpoint: str) -> None:
-        self.folder = Path(checkpoint) / "sinks"
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def done(self, batch_id: int) -> bool:
-        return (self.folder / str(batch_id)).exists()
-
-    def mark(self, batch_id: int) -> None:
-        (self.folder / str(batch_id)).touch()
-        for old in self.folder.iterdir():  # keep the last 100
-            if old.name.isdigit() and int(old.name) < batch_id - 100:
-                old.unlink(missing_ok=True)
-
-
 def kafka_options(settings: Settings) -> dict[str, str]:
     return {f"kafka.{k}": v for k, v in settings.kafka.client_config().items()}
-
-
-def write_kafka(df: DataFrame, settings: Settings, topic: str) -> None:
-    (
-        df.select("key", "value")
-        .write.format("kafka")
-        .options(**kafka_options(settings))
-        .option("kafka.enable.idempotence", "true")
-        .option("kafka.acks", "all")
-        .option("kafka.compression.type", "zstd")
-        .option("kafka.max.request.size", str(settings.limits.max_bytes + 2**20))
-        .option("topic", topic)
-        .save()
-    )
 
 
 def solr_partition(
@@ -150,15 +115,20 @@ def solr_partition(
     return write
 
 
+def _bytes(value: bytes | bytearray | None) -> bytes | None:
+    """Spark hands binary columns to Python as bytearray; Kafka clients want bytes."""
+    return None if value is None else bytes(value)
+
+
 def write_outputs(
-    spark: SparkSession,
     settings: Settings,
     out: DataFrame,
-    markers: SinkMarkers | None = None,
-    batch_id: int | None = None,
+    sink: TransactionalSink,
+    token: str,
 ) -> dict[str, int]:
-    """Solr first (stalls while Solr is unavailable), then the review and dead-letter topics
-    (skipped when ``markers`` says this batch already wrote them). Returns counts by kind."""
+    """Solr first (stalls while Solr is unavailable), then the review and dead-letter records in
+    one Kafka transaction marked ``token`` (skipped when the sink's ledger says this batch's
+    records were committed already). Returns counts by kind."""
     from imagetag.records import dead_letter_for_refused_doc
 
     counts = {row["kind"]: int(row["count"]) for row in out.groupBy("kind").count().collect()}
@@ -169,23 +139,24 @@ def write_outputs(
         .rdd.mapPartitions(solr_partition(settings_json))
         .collect()
     )
-    if markers is None or batch_id is None or not markers.done(batch_id):
-        if counts.get("review"):
-            write_kafka(out.where("kind = 'review'"), settings, settings.kafka.topic_review)
-        if counts.get("dead"):
-            write_kafka(out.where("kind = 'dead'"), settings, settings.kafka.topic_dlq)
-        if refused:
-            letters = [
+    if not sink.done(token):
+        topics = {"review": settings.kafka.topic_review, "dead": settings.kafka.topic_dlq}
+        records: Iterator[tuple[str, bytes | None, bytes]] = (
+            (topics[row.kind], _bytes(row.key), bytes(row.value))
+            for row in out.where("kind IN ('review', 'dead')")
+            .select("kind", "key", "value")
+            .toLocalIterator(prefetchPartitions=True)
+        )
+        letters = (
+            (settings.kafka.topic_dlq, key, value)
+            for key, value in (
                 dead_letter_for_refused_doc(image_id, doc, reason, settings)
                 for image_id, doc, reason in refused
-            ]
-            write_kafka(
-                spark.createDataFrame(letters, "key binary, value binary"),
-                settings,
-                settings.kafka.topic_dlq,
             )
-        if markers is not None and batch_id is not None:
-            markers.mark(batch_id)
+        )
+        sink.write(token, itertools.chain(records, letters))
+    else:
+        log.info("batch %s: review and dead letters were committed before; not again", token)
     counts["tagged"] = counts.get("tagged", 0) - len(refused)
     counts["dead"] = counts.get("dead", 0) + len(refused)
     return counts

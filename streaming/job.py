@@ -26,13 +26,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from imagetag.pipeline import CurrentModel, SinkMarkers, kafka_options, tag_frame, write_outputs
+from imagetag.pipeline import CurrentModel, kafka_options, tag_frame, write_outputs
 from imagetag.settings import Settings
+from imagetag.sinks import TransactionalSink
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -102,28 +103,46 @@ def read_images(spark: SparkSession, settings: Settings) -> DataFrame:
     )
 
 
-def make_batch_writer(
-    spark: SparkSession, settings: Settings, stats: BatchStats, checkpoint: str
-) -> Callable[[DataFrame, int], None]:
-    """The foreachBatch function of the tag query."""
-    models = CurrentModel(spark, settings)
-    markers = SinkMarkers(checkpoint)
+class BatchWriter:
+    """The foreachBatch function of the tag query.
 
-    def process(batch: DataFrame, batch_id: int) -> None:
-        out = tag_frame(batch, models.get(), settings)
+    Review and dead-letter records go through a ``TransactionalSink`` named after the query's
+    id, which Spark keeps in the checkpoint: the same id after a restart or a crash (so a
+    zombie's transaction is fenced and a replayed batch is recognised), a new one when the
+    checkpoint is new. ``bind`` is called once the query started and its id is known.
+    """
+
+    def __init__(self, spark: SparkSession, settings: Settings, stats: BatchStats) -> None:
+        self.spark = spark
+        self.settings = settings
+        self.stats = stats
+        self.models = CurrentModel(spark, settings)
+        self.sink: TransactionalSink | None = None
+        self.bound = threading.Event()
+
+    def bind(self, query_id: str) -> None:
+        self.sink = TransactionalSink(self.settings, f"imagetag-stream-{query_id}")
+        self.bound.set()
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        if not self.bound.wait(120) or self.sink is None:
+            raise RuntimeError("the tag query never reported its id")
+        out = tag_frame(batch, self.models.get(), self.settings)
         try:
-            counts = write_outputs(spark, settings, out, markers, batch_id)
+            counts = write_outputs(self.settings, out, self.sink, str(batch_id))
             latencies = [
                 int(r[0])
                 for r in out.where("kind = 'tagged' AND latency_ms IS NOT NULL")
                 .select("latency_ms")
                 .collect()
             ]
-            stats.record(batch_id, counts, latencies)
+            self.stats.record(batch_id, counts, latencies)
         finally:
             out.unpersist()
-
-    return process
 
 
 def progress_listener(stats: BatchStats) -> Any:
@@ -166,7 +185,7 @@ def progress_listener(stats: BatchStats) -> Any:
 
 
 def start_queries(
-    spark: SparkSession, settings: Settings, stats: BatchStats
+    spark: SparkSession, settings: Settings, writer: BatchWriter
 ) -> list[StreamingQuery]:
     """Start the tag and archive queries; returns them running."""
     from pyspark.sql import functions as F
@@ -188,11 +207,12 @@ def start_queries(
     )
     tag_query = (
         deduped.writeStream.queryName(TAG_QUERY)
-        .foreachBatch(make_batch_writer(spark, settings, stats, f"{checkpoint}/tag"))
+        .foreachBatch(writer)
         .option("checkpointLocation", f"{checkpoint}/tag")
         .trigger(processingTime=trigger)
         .start()
     )
+    writer.bind(str(tag_query.id))
     archive_query = (
         images.mapInPandas(archive_partition, ARCHIVE_SCHEMA)
         .writeStream.queryName(ARCHIVE_QUERY)
@@ -249,8 +269,9 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
     restarts = 0
     while not stopper.event.is_set():
         queries: list[StreamingQuery] = []
+        writer = BatchWriter(spark, settings, stats)
         try:
-            queries = start_queries(spark, settings, stats)
+            queries = start_queries(spark, settings, writer)
             log.info(
                 "streaming %s -> solr %s/%s, review %s, dlq %s; archive %s",
                 settings.kafka.topic_images,
@@ -283,6 +304,8 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
             log.error("stream failed (%s); restarting from the checkpoint in %.0fs", exc, backoff)
             stopper.event.wait(backoff)
             backoff = min(backoff * 2, 30.0)
+        finally:
+            writer.close()
     log.info("stream stopped; totals %s", stats.totals)
     spark.stop()
     return 0

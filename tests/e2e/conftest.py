@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import requests
-from confluent_kafka import Consumer, TopicPartition
 
 from imagetag.datasets import fashion_mnist_paths, read_idx
+from imagetag.kafka_admin import read_topic
 from imagetag.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,38 +107,8 @@ def solr_count(settings: Settings) -> int:
 
 
 def topic_records(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes]]:
-    """All (key, value) records of a topic, from the beginning to the current end."""
-    consumer = Consumer(
-        {
-            **settings.kafka.client_config(),
-            "group.id": f"e2e-reader-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        partitions = list(metadata.topics[topic].partitions)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        }
-        wanted = {p: end for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(topic, p, 0) for p in wanted])
-        records: list[tuple[bytes | None, bytes]] = []
-        done: set[int] = set()
-        deadline = time.monotonic() + 60
-        while len(done) < len(wanted) and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is None or message.error():
-                continue
-            records.append((message.key(), message.value() or b""))
-            partition, offset = int(message.partition() or 0), int(message.offset() or 0)
-            if offset + 1 >= wanted[partition]:
-                done.add(partition)
-        return records
-    finally:
-        consumer.close()
+    """All committed (key, value) records of a topic, from the beginning to the current end."""
+    return read_topic(settings, topic)
 
 
 def raw_send(settings: Settings, records: list[tuple[bytes | None, bytes]]) -> None:

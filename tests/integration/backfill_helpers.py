@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import requests
-from confluent_kafka import Consumer, TopicPartition
 
 from batch.backfill import event_row, rows_frame
 from imagetag.avro import AvroDeserializer
@@ -23,6 +22,7 @@ from imagetag.dictionary import VisualDictionary
 from imagetag.features import get_featurizer
 from imagetag.forest import Forest
 from imagetag.images import decode_image
+from imagetag.kafka_admin import read_topic
 from imagetag.settings import ImageLimits, Settings
 
 if TYPE_CHECKING:
@@ -172,36 +172,8 @@ def solr_count(settings: Settings, collection: str | None = None) -> int:
 
 
 def topic_values(settings: Settings, topic: str) -> list[bytes]:
-    """Every record value of ``topic``, from the beginning to its current end."""
-    consumer = Consumer(
-        {
-            **settings.kafka.client_config(),
-            "group.id": f"backfill-test-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in metadata.topics[topic].partitions
-        }
-        wanted = {p: end for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(topic, p, 0) for p in wanted])
-        values: list[bytes] = []
-        done: set[int] = set()
-        deadline = time.monotonic() + 120
-        while len(done) < len(wanted) and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is None or message.error():
-                continue
-            values.append(message.value() or b"")
-            if (message.offset() or 0) + 1 >= wanted[int(message.partition() or 0)]:
-                done.add(int(message.partition() or 0))
-        return values
-    finally:
-        consumer.close()
+    """Every committed record value of ``topic``, from the beginning to its current end."""
+    return [value for _, value in read_topic(settings, topic, timeout_s=120)]
 
 
 def review_ids(settings: Settings) -> list[str]:

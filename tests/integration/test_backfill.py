@@ -196,7 +196,7 @@ def test_folder_backfill_resumes_and_indexes_each_image_once(
     assert (third.splits_skipped, third.splits_done, third.images) == (11, 0, 0)
 
     # A crash after a round's writes but before its progress records: the round is re-done,
-    # Solr upserts the same documents and the split markers keep review from doubling.
+    # Solr upserts the same documents and the sink ledger (one transaction per round) keeps review from doubling.
     state = Path(second.state_dir)
     for record in sorted((state / "done").glob("*.json"))[:2]:
         record.unlink()

@@ -17,7 +17,6 @@ from batch.backfill import (
     BackfillState,
     BackfillSummary,
     Split,
-    SplitMarkers,
     archive_event_rows,
     canonical,
     event_row,
@@ -32,6 +31,7 @@ from batch.backfill import (
     plan_file_groups,
     plan_kafka_ranges,
     plan_ranges,
+    round_token,
     rounds,
     sniff_kind,
     spark_path,
@@ -161,13 +161,14 @@ def test_reset_progress_forgets_splits_markers_and_ids(tmp_path: Path) -> None:
     state.open({"source": "archive", "kind": "archive", "started_ms": 1})
     split = Split(0, "archive", ("/a.parquet",))
     state.finish(split, {})
-    SplitMarkers(state.folder).for_round([split]).mark(0)
+    sink_id = state.sink_id()
+    assert state.sink_id() == sink_id  # stable across resumes
     state.ids_dir.mkdir()
     state.complete_marker.touch()
     state.reset_progress()
     assert state.done_keys() == set() and not state.ids_dir.exists()
     assert not state.complete_marker.exists()
-    assert not SplitMarkers(state.folder).for_round([split]).done(0)
+    assert state.sink_id() != sink_id  # a new ledger: the asked-again re-tag writes anew
     assert (state.folder / "manifest.json").exists()
 
 
@@ -183,14 +184,11 @@ def test_one_backfill_per_state_folder(tmp_path: Path) -> None:
         pass
 
 
-def test_split_markers_guard_a_round_by_its_splits(tmp_path: Path) -> None:
-    markers = SplitMarkers(tmp_path)
+def test_round_token_names_a_round_by_its_splits() -> None:
     a, b = Split(0, "tiny", ("/t",), 0, 5), Split(1, "tiny", ("/t",), 5, 5)
-    markers.for_round([a, b])
-    assert not markers.done(0)
-    markers.mark(0)
-    assert markers.done(7)  # keyed by split, not by the round number
-    assert not markers.for_round([a, Split(2, "tiny", ("/t",), 10, 5)]).done(0)
+    assert round_token([a, b]) == round_token([Split(7, "tiny", ("/t",), 0, 5), b])
+    assert round_token([a, b]) != round_token([a, Split(2, "tiny", ("/t",), 10, 5)])
+    assert round_token([a]) != round_token([a, b])
 
 
 def test_event_row_is_an_image_event_keyed_by_content_hash() -> None:
