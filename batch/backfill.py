@@ -714,9 +714,25 @@ def solr_delete_partition(settings_json: str) -> Callable[[Iterable[Any]], Itera
 # -- driver side: state ----------------------------------------------------------------------
 
 
+# Kafka keeps at most offset.metadata.max.bytes (4096 by default) of a ledger entry's metadata.
+_TOKEN_MAX_CHARS = 4000
+
+
 def round_token(splits: Sequence[Split]) -> str:
-    """The sink ledger's token for a round: which splits it wrote (see ``imagetag.sinks``)."""
-    return hashlib.sha1(",".join(s.key for s in splits).encode()).hexdigest()[:24]
+    """The sink ledger's token for a round (see ``imagetag.sinks``): the keys of its splits,
+    so a restarted run can tell which splits the last committed round wrote whatever rounds it
+    forms now; a hash when the list would not fit in Kafka's offset metadata."""
+    token = ",".join(s.key for s in splits)
+    if len(token) > _TOKEN_MAX_CHARS:
+        return "sha1:" + hashlib.sha1(token.encode()).hexdigest()
+    return token
+
+
+def token_splits(token: str | None) -> set[str]:
+    """The split keys a ledger token names (none for a hashed or missing token)."""
+    if not token or token.startswith("sha1:"):
+        return set()
+    return set(token.split(","))
 
 
 class BackfillState:
@@ -1245,12 +1261,12 @@ class Backfill:
         models = CurrentModel(self.spark, self.settings) if pending else None
         bar = _progress_bar(len(splits), summary.splits_skipped, opts.progress)
         try:
-            for round_splits in rounds(pending, per_round):
+            for round_splits, token in self._rounds(pending, per_round):
                 assert models is not None
                 model_bc = models.get()
                 if models.version and models.version not in summary.model_versions:
                     summary.model_versions.append(models.version)
-                counts = self._run_round(round_splits, model_bc, tag_frame, write_outputs)
+                counts = self._run_round(round_splits, token, model_bc, tag_frame, write_outputs)
                 for split in round_splits:
                     self.state.finish(split, counts)
                 summary.splits_done += len(round_splits)
@@ -1271,9 +1287,29 @@ class Backfill:
             self.state.complete_marker.touch()
         return summary
 
+    def _rounds(
+        self, pending: Sequence[Split], per_round: int
+    ) -> Iterator[tuple[Sequence[Split], str]]:
+        """The rounds to run, each with its sink token. Splits the ledger's last committed round
+        wrote, but whose progress records a crash prevented, come first, as one round under
+        that round's token: Solr gets the same documents again (idempotent) and the review /
+        dead-letter records, already committed, are not appended again."""
+        if pending and self.sink is None:
+            self.sink = TransactionalSink(self.settings, self.state.sink_id())
+        last = self.sink.last_token()[0] if self.sink is not None else None
+        written = token_splits(last)
+        recovered = [s for s in pending if s.key in written]
+        if recovered:
+            assert last is not None
+            log.info("%d splits of the last round were written before the crash", len(recovered))
+            yield recovered, last
+        for round_splits in rounds([s for s in pending if s.key not in written], per_round):
+            yield round_splits, round_token(round_splits)
+
     def _run_round(
         self,
         splits: Sequence[Split],
+        token: str,
         model_bc: Any,
         tag_frame: Callable[..., DataFrame],
         write_outputs: Callable[..., dict[str, int]],
@@ -1287,9 +1323,8 @@ class Backfill:
         out = tag_frame(rows, model_bc, self.settings)
         try:
             sinks = out if self.options.kafka_sinks else out.where("kind = 'tagged'")
-            if self.sink is None:
-                self.sink = TransactionalSink(self.settings, self.state.sink_id())
-            counts = write_outputs(self.settings, sinks, self.sink, round_token(splits))
+            assert self.sink is not None
+            counts = write_outputs(self.settings, sinks, self.sink, token)
             if not self.options.kafka_sinks:
                 for row in out.where("kind != 'tagged'").groupBy("kind").count().collect():
                     counts[row["kind"]] = counts.get(row["kind"], 0) + int(row["count"])

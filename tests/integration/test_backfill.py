@@ -195,10 +195,12 @@ def test_folder_backfill_resumes_and_indexes_each_image_once(
     third = run_backfill(spark, model_settings, options)
     assert (third.splits_skipped, third.splits_done, third.images) == (11, 0, 0)
 
-    # A crash after a round's writes but before its progress records: the round is re-done,
-    # Solr upserts the same documents and the sink ledger (one transaction per round) keeps review from doubling.
+    # A crash after the last round's writes but before its progress records: the round is
+    # re-done, Solr upserts the same documents, and the sink ledger (the round's transaction
+    # named its splits) keeps review and dead letters from doubling.
     state = Path(second.state_dir)
-    for record in sorted((state / "done").glob("*.json"))[:2]:
+    records = sorted((state / "done").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    for record in records[-2:]:  # the last round (2 splits per round)
         record.unlink()
     fourth = run_backfill(spark, model_settings, options)
     assert fourth.splits_done == 2 and fourth.images > 0

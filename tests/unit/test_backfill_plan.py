@@ -36,6 +36,7 @@ from batch.backfill import (
     sniff_kind,
     spark_path,
     state_hash,
+    token_splits,
 )
 from imagetag.avro import AvroDeserializer
 from imagetag.commands.backfill import add_arguments
@@ -189,6 +190,10 @@ def test_round_token_names_a_round_by_its_splits() -> None:
     assert round_token([a, b]) == round_token([Split(7, "tiny", ("/t",), 0, 5), b])
     assert round_token([a, b]) != round_token([a, Split(2, "tiny", ("/t",), 10, 5)])
     assert round_token([a]) != round_token([a, b])
+    assert token_splits(round_token([a, b])) == {a.key, b.key}  # a restart reads them back
+    many = [Split(i, "tiny", ("/t",), 5 * i, 5) for i in range(500)]
+    assert round_token(many).startswith("sha1:") and len(round_token(many)) < 4096
+    assert token_splits(round_token(many)) == set() and token_splits(None) == set()
 
 
 def test_event_row_is_an_image_event_keyed_by_content_hash() -> None:
