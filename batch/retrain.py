@@ -373,18 +373,9 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """spark-submit entry point: settings from the environment / imagetag.yaml."""
-    parser = argparse.ArgumentParser(prog="retrain", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="settings file (default: imagetag.yaml if present)")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return run_command(args, Settings.load(args.config))
-    except ImagetagError as exc:
-        print(f"retrain: {exc}", file=sys.stderr)
-        return 2
+    from batch.entry import job_main
+
+    return job_main("retrain", __doc__, add_arguments, run_command, argv)
 
 
 if __name__ == "__main__":

@@ -1050,15 +1050,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``spark-submit batch/train.py --data SOURCE ...``"""
-    parser = argparse.ArgumentParser(prog="batch/train.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="settings file (default: imagetag.yaml if present)")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args, Settings.load(args.config))
-    except ImagetagError as exc:
-        print(f"train: {exc}", file=sys.stderr)
-        return 2
+    from batch.entry import job_main
+
+    return job_main("train", __doc__, add_arguments, run, argv, log=False)
 
 
 if __name__ == "__main__":
