@@ -186,20 +186,7 @@ def cleanup(settings: Settings) -> None:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as IMAGETAG_* environment variables, for the child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETAG_")}
-    data = settings.model_dump(mode="json")
-    data["kafka"].pop("client", None)  # secrets: the bench runs without SASL options
-    for section, value in data.items():
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                if isinstance(inner, dict):
-                    if inner:
-                        env[f"IMAGETAG_{section.upper()}__{key.upper()}"] = json.dumps(inner)
-                elif inner is not None:
-                    env[f"IMAGETAG_{section.upper()}__{key.upper()}"] = str(inner)
-        elif value is not None:
-            env[f"IMAGETAG_{section.upper()}"] = str(value)
-    return env
+    return settings.child_env()
 
 
 def run_backfill(settings: Settings, data: Path, images: int, log: Path) -> Row:

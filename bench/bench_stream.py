@@ -40,9 +40,7 @@ IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
 
 
 def env_for(settings: Settings) -> dict[str, str]:
-    from tests.e2e.conftest import settings_env
-
-    return settings_env(settings)
+    return settings.child_env()
 
 
 def images(count: int, start: int = 0) -> list[tuple[bytes, str]]:

@@ -11,6 +11,7 @@ Nothing else in the code base hard-codes an address, a topic name or a path.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -199,6 +200,27 @@ class Settings(BaseSettings):
 
     def solr_host(self) -> str:
         return urlparse(self.solr.url).hostname or "localhost"
+
+    def child_env(self) -> dict[str, str]:
+        """The environment for a child process (``imagetag stream``, a batch job) that should
+        load exactly these settings: the parent's environment without its ``IMAGETAG_*``
+        variables, plus one ``IMAGETAG_*`` variable per setting (secrets in clear: the child
+        needs them; never print the result)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+
+        def flatten(name: str, value: Any) -> None:
+            if isinstance(value, dict) and not name.endswith(("__CLIENT", "__CONF")):
+                for key, inner in value.items():
+                    flatten(f"{name}__{key.upper()}" if name else key.upper(), inner)
+            elif value is not None and value != {}:
+                env[f"{ENV_PREFIX}{name}"] = (
+                    json.dumps(value) if isinstance(value, dict) else str(value)
+                )
+
+        data = self.model_dump(mode="json")
+        data["kafka"]["client"] = {k: v.get_secret_value() for k, v in self.kafka.client.items()}
+        flatten("", data)
+        return env
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain data with secrets masked (for ``imagetag config``)."""

@@ -4,15 +4,12 @@ readers of Solr and Kafka that count what the stream wrote."""
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -27,28 +24,7 @@ IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as IMAGETAG_* environment variables (for a child `imagetag` process)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGETAG_")}
-
-    def flatten(prefix: str, value: Any) -> None:
-        if (
-            isinstance(value, dict)
-            and not prefix.endswith("__CLIENT")
-            and not prefix.endswith("__CONF")
-        ):
-            for key, inner in value.items():
-                flatten(f"{prefix}__{key.upper()}" if prefix else key.upper(), inner)
-        elif value is not None:
-            env[f"IMAGETAG_{prefix}"] = json.dumps(value) if isinstance(value, dict) else str(value)
-
-    data = settings.model_dump(mode="json")
-    data["kafka"]["client"] = settings.kafka.client_config() | {}
-    data["kafka"]["client"].pop("bootstrap.servers", None)
-    if not data["kafka"]["client"]:
-        del data["kafka"]["client"]
-    if not data["spark"]["conf"]:
-        del data["spark"]["conf"]
-    flatten("", data)
-    return env
+    return settings.child_env()
 
 
 def wait_until(

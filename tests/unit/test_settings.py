@@ -92,3 +92,18 @@ def test_derive_changes_only_given_keys() -> None:
     assert derived.kafka.bootstrap_servers == settings.kafka.bootstrap_servers
     assert derived.vote_threshold == 0.6
     assert settings.kafka.topic_images == "images"
+
+
+def test_child_env_loads_back_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings.load().derive(
+        kafka={"topic_images": "x.images", "client": {"sasl.password": "s3cret"}},
+        spark={"trigger_seconds": 2.5, "conf": {"spark.ui.enabled": "false"}},
+        model_store="/tmp/models",
+        vote_threshold=0.5,
+    )
+    env = settings.child_env()
+    assert env["IMAGETAG_KAFKA__TOPIC_IMAGES"] == "x.images"
+    for key, value in env.items():  # the autouse fixture removed the parent's IMAGETAG_*
+        if key.startswith("IMAGETAG_"):
+            monkeypatch.setenv(key, value)
+    assert Settings.load() == settings
