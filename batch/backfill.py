@@ -78,6 +78,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
+    from imagetag.pipeline import Written
+
 log = logging.getLogger("imagetag.backfill")
 
 KAFKA_COLUMNS = ["key", "value", "topic", "partition", "offset", "timestamp"]
@@ -1312,7 +1314,7 @@ class Backfill:
         token: str,
         model_bc: Any,
         tag_frame: Callable[..., DataFrame],
-        write_outputs: Callable[..., dict[str, int]],
+        write_outputs: Callable[..., Written],
     ) -> dict[str, int]:
         from pyspark import StorageLevel
 
@@ -1324,7 +1326,7 @@ class Backfill:
         try:
             sinks = out if self.options.kafka_sinks else out.where("kind = 'tagged'")
             assert self.sink is not None
-            counts = write_outputs(self.settings, sinks, self.sink, token)
+            counts = write_outputs(self.settings, sinks, self.sink, token).counts
             if not self.options.kafka_sinks:
                 for row in out.where("kind != 'tagged'").groupBy("kind").count().collect():
                     counts[row["kind"]] = counts.get(row["kind"], 0) + int(row["count"])

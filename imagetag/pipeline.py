@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -120,33 +121,62 @@ def _bytes(value: bytes | bytearray | None) -> bytes | None:
     return None if value is None else bytes(value)
 
 
+# Review and dead-letter records of a batch up to this size are fetched in one Spark job; a larger
+# batch (dead letters carry whole images) is streamed partition by partition.
+COLLECT_MAX_BYTES = 64 * 2**20
+
+
+@dataclass
+class Written:
+    """What a batch wrote: counts by kind (tagged, review, dead) and the tagged images'
+    produce-to-tag latencies (ms)."""
+
+    counts: dict[str, int]
+    latencies_ms: list[int]
+
+
 def write_outputs(
     settings: Settings,
     out: DataFrame,
     sink: TransactionalSink,
     token: str,
-) -> dict[str, int]:
+) -> Written:
     """Solr first (stalls while Solr is unavailable), then the review and dead-letter records in
     one Kafka transaction marked ``token`` (skipped when the sink's ledger says this batch's
-    records were committed already). Returns counts by kind."""
+    records were committed already, or when there is nothing to append).
+
+    Three Spark jobs a batch: a small collect of (kind, latency, size) per row, which also
+    fills the cache of ``out``; the Solr upserts; the review / dead-letter records."""
     from imagetag.records import dead_letter_for_refused_doc
 
-    counts = {row["kind"]: int(row["count"]) for row in out.groupBy("kind").count().collect()}
+    meta = out.selectExpr("kind", "latency_ms", "length(value) AS size").collect()
+    counts: dict[str, int] = {}
+    sink_bytes = 0
+    for row in meta:
+        counts[row.kind] = counts.get(row.kind, 0) + 1
+        if row.kind != "tagged":
+            sink_bytes += row.size or 0
+    latencies = [int(r.latency_ms) for r in meta if r.kind == "tagged" and r.latency_ms is not None]
+
     settings_json = settings.model_dump_json()
-    refused = (
-        out.where("kind = 'tagged'")
-        .select("doc")
-        .rdd.mapPartitions(solr_partition(settings_json))
-        .collect()
-    )
-    if not sink.done(token):
-        topics = {"review": settings.kafka.topic_review, "dead": settings.kafka.topic_dlq}
-        records: Iterator[tuple[str, bytes | None, bytes]] = (
-            (topics[row.kind], _bytes(row.key), bytes(row.value))
-            for row in out.where("kind IN ('review', 'dead')")
-            .select("kind", "key", "value")
-            .toLocalIterator(prefetchPartitions=True)
+    refused = []
+    if counts.get("tagged"):
+        refused = (
+            out.where("kind = 'tagged'")
+            .select("doc")
+            .rdd.mapPartitions(solr_partition(settings_json))
+            .collect()
         )
+    appended = counts.get("review", 0) + counts.get("dead", 0)
+    if (appended or refused) and not sink.done(token):
+        topics = {"review": settings.kafka.topic_review, "dead": settings.kafka.topic_dlq}
+        rows = out.where("kind IN ('review', 'dead')").select("kind", "key", "value")
+        fetched = (
+            rows.collect()
+            if sink_bytes <= COLLECT_MAX_BYTES
+            else rows.toLocalIterator(prefetchPartitions=True)
+        )
+        records = ((topics[row.kind], _bytes(row.key), bytes(row.value)) for row in fetched)
         letters = (
             (settings.kafka.topic_dlq, key, value)
             for key, value in (
@@ -155,8 +185,8 @@ def write_outputs(
             )
         )
         sink.write(token, itertools.chain(records, letters))
-    else:
+    elif appended or refused:
         log.info("batch %s: review and dead letters were committed before; not again", token)
     counts["tagged"] = counts.get("tagged", 0) - len(refused)
     counts["dead"] = counts.get("dead", 0) + len(refused)
-    return counts
+    return Written(counts, latencies)

@@ -133,14 +133,8 @@ class BatchWriter:
             raise RuntimeError("the tag query never reported its id")
         out = tag_frame(batch, self.models.get(), self.settings)
         try:
-            counts = write_outputs(self.settings, out, self.sink, str(batch_id))
-            latencies = [
-                int(r[0])
-                for r in out.where("kind = 'tagged' AND latency_ms IS NOT NULL")
-                .select("latency_ms")
-                .collect()
-            ]
-            self.stats.record(batch_id, counts, latencies)
+            written = write_outputs(self.settings, out, self.sink, str(batch_id))
+            self.stats.record(batch_id, written.counts, written.latencies_ms)
         finally:
             out.unpersist()
 
@@ -163,6 +157,7 @@ def progress_listener(stats: BatchStats) -> Any:
                 metrics = source.metrics or {}
                 lag = max(lag, int(float(metrics.get("maxOffsetsBehindLatest", 0) or 0)))
             duration = progress.durationMs.get("triggerExecution", 0)
+            log.debug("batch %d durations: %s", progress.batchId, dict(progress.durationMs))
             log.info(
                 "batch %d: input=%d tagged=%d review=%d dead=%d duration=%dms lag=%d",
                 progress.batchId,
