@@ -184,11 +184,6 @@ def cleanup(settings: Settings) -> None:
     shutil.rmtree(Path(settings.checkpoint_dir).parent, ignore_errors=True)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as IMAGETAG_* environment variables, for the child process."""
-    return settings.child_env()
-
-
 def run_backfill(settings: Settings, data: Path, images: int, log: Path) -> Row:
     command = [sys.executable, "-m", "batch.backfill", str(data.resolve()), "--format", "tiny"]
     command += ["--json", "--no-progress"]
@@ -196,7 +191,7 @@ def run_backfill(settings: Settings, data: Path, images: int, log: Path) -> Row:
     started = time.monotonic()
     with open(log, "wb") as err:
         child = subprocess.Popen(
-            command, env=settings_env(settings), cwd=ROOT, stdout=subprocess.PIPE, stderr=err
+            command, env=settings.child_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=err
         )
         done = threading.Event()
 

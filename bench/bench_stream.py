@@ -40,10 +40,6 @@ from imagetag.stack import LocalStack
 IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
 
 
-def env_for(settings: Settings) -> dict[str, str]:
-    return settings.child_env()
-
-
 def images(count: int, start: int = 0) -> list[tuple[bytes, str]]:
     paths = fashion_mnist_paths("test" if start + count <= 10_000 else "train")
     return [(r.data, str(r.label)) for r in read_idx(*paths, start=start, count=count)]
@@ -91,14 +87,16 @@ def solr_count(settings: Settings) -> int:
 
 
 def topic_count(settings: Settings, topic: str) -> int:
-    from imagetag.demo import count_topic
+    from imagetag.kafka_admin import count_records
 
-    return count_topic(settings, topic)
+    return count_records(settings, topic)
 
 
 def start_stream(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 (lives as long as the child)
-    process = subprocess.Popen([IMAGETAG, "stream"], env=env_for(settings), stdout=out, stderr=out)
+    process = subprocess.Popen(
+        [IMAGETAG, "stream"], env=settings.child_env(), stdout=out, stderr=out
+    )
     deadline = time.monotonic() + 180
     while "streaming " not in log.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:

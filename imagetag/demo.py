@@ -83,11 +83,6 @@ def _wait_topics_gone(settings: Settings) -> None:
         time.sleep(0.5)
 
 
-def count_topic(settings: Settings, topic: str) -> int:
-    """Committed records in a topic (read, not watermarks: transaction markers take offsets)."""
-    return count_records(settings, topic)
-
-
 def solr_select(settings: Settings, **params: str) -> dict:
     url = f"{settings.solr.url}/{settings.solr.collection}/select"
     response = requests.get(url, params={"wt": "json", **params}, timeout=30)
@@ -156,8 +151,8 @@ def run(settings: Settings) -> int:
         done(started, f"stream running, pid {stream.pid}")
         before = {
             "solr": int(solr_select(settings, rows="0", facet="false")["response"]["numFound"]),
-            "review": count_topic(settings, settings.kafka.topic_review),
-            "dlq": count_topic(settings, settings.kafka.topic_dlq),
+            "review": count_records(settings, settings.kafka.topic_review),
+            "dlq": count_records(settings, settings.kafka.topic_dlq),
         }
         started = step(f"producing {PRODUCE} Fashion-MNIST test images + corrupt files")
         from imagetag.datasets import FASHION_MNIST_LABELS, fashion_mnist_paths, read_idx
@@ -182,8 +177,8 @@ def run(settings: Settings) -> int:
             return (
                 int(solr_select(settings, rows="0", facet="false")["response"]["numFound"])
                 - before["solr"],
-                count_topic(settings, settings.kafka.topic_review) - before["review"],
-                count_topic(settings, settings.kafka.topic_dlq) - before["dlq"],
+                count_records(settings, settings.kafka.topic_review) - before["review"],
+                count_records(settings, settings.kafka.topic_dlq) - before["dlq"],
             )
 
         def all_in() -> bool:

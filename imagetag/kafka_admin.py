@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
@@ -116,8 +117,6 @@ def read_topic(
     whose aborted attempts must not be counted. Raises ServiceError if the end is not reached
     within ``timeout_s`` (an open transaction holds read_committed readers back).
     """
-    import time
-
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     consumer = Consumer(

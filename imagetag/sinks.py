@@ -62,6 +62,9 @@ class TransactionalSink:
         self.transactional_id = transactional_id
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
+        # The ledger offset as last read or committed by us (we are its only writer once our
+        # producer fenced any other); None until read, and again after an error.
+        self._ledger_offset: int | None = None
 
     # -- the ledger ------------------------------------------------------------------------
     def _ledger(self) -> tuple[str, int]:
@@ -88,8 +91,10 @@ class TransactionalSink:
                     raise self._error("cannot read the sink ledger", exc) from exc
                 time.sleep(0.5)
         if committed.error or committed.offset < 0:
+            self._ledger_offset = 0
             return None, 0
-        return (committed.metadata or None), int(committed.offset)
+        self._ledger_offset = int(committed.offset)
+        return (committed.metadata or None), self._ledger_offset
 
     def done(self, token: str) -> bool:
         """Were this batch's records committed already (by this process or a killed one)?"""
@@ -108,7 +113,9 @@ class TransactionalSink:
         producer = self._open_producer()
         consumer = self._open_consumer()
         topic, partition = self._ledger()
-        _, offset = self.last_token()
+        offset = self._ledger_offset
+        if offset is None:
+            _, offset = self.last_token()
         count = 0
         try:
             producer.begin_transaction()
@@ -127,6 +134,7 @@ class TransactionalSink:
                 TIMEOUT_S,
             )
             producer.commit_transaction(TIMEOUT_S)
+            self._ledger_offset = offset + 1
         except KafkaException as exc:
             self._discard(abort=True)
             raise self._error("transaction failed", exc) from exc
@@ -188,6 +196,7 @@ class TransactionalSink:
         return self._consumer
 
     def _discard(self, abort: bool) -> None:
+        self._ledger_offset = None
         producer, self._producer = self._producer, None
         if producer is not None:
             if abort:

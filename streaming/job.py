@@ -113,7 +113,6 @@ class BatchWriter:
     """
 
     def __init__(self, spark: SparkSession, settings: Settings, stats: BatchStats) -> None:
-        self.spark = spark
         self.settings = settings
         self.stats = stats
         self.models = CurrentModel(spark, settings)
