@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,30 @@ class SolrAdmin:
     def reload_collection(self, name: str) -> None:
         self.collections_api("RELOAD", name=name)
 
+    def wait_ready(self, name: str, timeout_s: float = 120.0) -> None:
+        """Wait until the collection answers a query: after a node restarts, its cores load
+        (and after a RELOAD, reload) in the background, and until then requests get a 404."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                response = self.session.get(
+                    f"{self.base_url}/{name}/select",
+                    params={"q": "*:*", "rows": "0", "wt": "json"},
+                    timeout=self.settings.solr.timeout_s,
+                )
+                if response.status_code == 200:
+                    return
+                reason = f"HTTP {response.status_code}"
+            except requests.RequestException as exc:
+                reason = str(exc)
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    "solr",
+                    self.base_url,
+                    f"collection {name} not ready in {timeout_s:.0f}s: {reason}",
+                )
+            time.sleep(0.5)
+
     def delete_collection(self, name: str) -> None:
         self.collections_api("DELETE", name=name)
 
@@ -131,6 +156,7 @@ class SolrAdmin:
         if current:
             for name in current.split(","):
                 self.reload_collection(name)
+                self.wait_ready(name)
             return current, False
         collection = self.next_collection_name(alias)
         self.create_collection(collection, solr.configset)
