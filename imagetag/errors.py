@@ -7,6 +7,11 @@ dead-letter topic instead of stopping anything.
 
 from __future__ import annotations
 
+# The dead-letter reason of a record whose handling raised something no check foresaw (a bug,
+# or an input no decoder refused but a later step choked on): that record, and only it, goes to
+# the dead-letter topic with the exception's type and message; its batch goes on.
+INTERNAL_ERROR = "internal_error"
+
 
 class ImagetagError(Exception):
     """Root of every error this project raises on purpose."""

@@ -10,15 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 from functools import cache
 from typing import Any
 
 import pandas as pd
 
 from imagetag.avro import AvroDeserializer, AvroSerializer
-from imagetag.errors import RecordError
+from imagetag.errors import INTERNAL_ERROR, RecordError
 from imagetag.settings import Settings
 from imagetag.solr import to_solr_doc
+
+log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ["kind", "id", "doc", "key", "value", "latency_ms"]
 
@@ -83,10 +86,11 @@ def dead_letter(
 def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | None, bytes]]]:
     """Kafka rows -> (ImageEvents as a frame, dead letters for records that are not ImageEvents).
 
-    A record is dead when its value is not an ImageEvent (bad Avro, unknown schema) or when its
-    id is not the sha256 of its image bytes (the id is the Solr document id: it must be honest).
+    A record is dead when its value is not an ImageEvent (bad Avro, unknown schema), when its
+    id is not the sha256 of its image bytes (the id is the Solr document id: it must be honest),
+    or when its producer timestamp is outside what the archive can store. Anything else that
+    raises while one record is decoded makes that record dead (``internal_error``).
     """
-    deserialize, _, _ = _serde()
     events: list[dict[str, Any]] = []
     dead: list[tuple[bytes | None, bytes]] = []
     for key, value, topic, partition, offset, timestamp in zip(
@@ -98,35 +102,48 @@ def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | 
         rows["timestamp"],
         strict=True,
     ):
-        coords = (topic, int(partition), int(offset))
-        if value is None:
-            dead.append(dead_letter(key, b"", coords, "avro", "empty", "record has no value"))
-            continue
+        coords = (str(topic), int(partition), int(offset))
         try:
-            event = deserialize(value)
+            events.append(_decode_event(key, value, coords, timestamp))
         except RecordError as err:
-            dead.append(dead_letter(key, value, coords, err.stage, err.reason, err.detail))
-            continue
-        digest = hashlib.sha256(event["image"]).hexdigest()
-        if event["id"] != digest:
-            dead.append(
-                dead_letter(
-                    key,
-                    value,
-                    coords,
-                    "avro",
-                    "id_mismatch",
-                    f"id {event['id'][:16]}... is not the sha256 of the image ({digest[:16]}...)",
-                )
-            )
-            continue
-        event["produced_at"] = _ms(event["produced_at"])
-        event["ingested_at"] = event["timestamp"] = _ms(timestamp)
-        event["topic"], event["partition"], event["offset"] = coords
-        event["kafka_key"] = None if key is None else bytes(key)
-        event["kafka_value"] = bytes(value)
-        events.append(event)
+            dead.append(dead_letter(key, value or b"", coords, err.stage, err.reason, err.detail))
+        except Exception as exc:  # isolation: this record, and only it, is dead
+            detail = f"{type(exc).__name__}: {exc}"
+            dead.append(dead_letter(key, value or b"", coords, "avro", INTERNAL_ERROR, detail))
     return pd.DataFrame(events), dead
+
+
+# What pandas' nanosecond timestamps (the archive's Parquet columns) can hold, in ms.
+_MIN_MS = int(pd.Timestamp.min.value // 1_000_000) + 1
+_MAX_MS = int(pd.Timestamp.max.value // 1_000_000) - 1
+
+
+def _decode_event(
+    key: bytes | None, value: bytes | None, coords: tuple[str, int, int], timestamp: Any
+) -> dict[str, Any]:
+    """One Kafka record -> its ImageEvent with the Kafka fields; RecordError when it is not one."""
+    deserialize, _, _ = _serde()
+    if value is None:
+        raise RecordError("avro", "empty", "record has no value")
+    event = deserialize(value)
+    digest = hashlib.sha256(event["image"]).hexdigest()
+    if event["id"] != digest:
+        raise RecordError(
+            "avro",
+            "id_mismatch",
+            f"id {str(event['id'])[:16]}... is not the sha256 of the image ({digest[:16]}...)",
+        )
+    produced_at = _ms(event["produced_at"])
+    if produced_at is None or not _MIN_MS <= produced_at <= _MAX_MS:
+        raise RecordError(
+            "avro", "bad_timestamp", f"produced_at {event['produced_at']} out of range"
+        )
+    event["produced_at"] = produced_at
+    event["ingested_at"] = event["timestamp"] = _ms(timestamp)
+    event["topic"], event["partition"], event["offset"] = coords
+    event["kafka_key"] = None if key is None else bytes(key)
+    event["kafka_value"] = bytes(value)
+    return event
 
 
 def _tag_result(row: dict[str, Any], event: dict[str, Any], threshold: float) -> dict[str, Any]:
@@ -154,6 +171,9 @@ def _tag_result(row: dict[str, Any], event: dict[str, Any], threshold: float) ->
     }
 
 
+OutputRow = tuple[str, str, str | None, bytes | None, bytes | None, int | None]
+
+
 def tag_kafka_rows(rows: pd.DataFrame, model: Any, settings: Settings) -> pd.DataFrame:
     """Kafka rows -> one output row each: tagged (a Solr doc), review (a TagResult) or dead
     (a DeadLetter with the original key and value)."""
@@ -172,46 +192,99 @@ def tag_events(events: pd.DataFrame, model: Any, settings: Settings) -> pd.DataF
     return pd.DataFrame(_tag_event_rows(events, model, settings), columns=OUTPUT_COLUMNS)
 
 
-OutputRow = tuple[str, str, str | None, bytes | None, bytes | None, int | None]
-
-
 def _tag_event_rows(events: pd.DataFrame, model: Any, settings: Settings) -> list[OutputRow]:
-    from imagetag.tagging import tag_batch
-
-    _, serialize_result, _ = _serde()
+    """tag_batch, then each result row serialised for its sink; a row that fails to serialise
+    is dead-lettered (``internal_error`` at stage ``serialize``), never raised."""
+    if not len(events):
+        return []
+    by_id = {event["id"]: event for event in events.to_dict("records")}
+    tagged, review, undecodable = _tag(
+        events.drop(columns=["kafka_key", "kafka_value"]), model, settings
+    )
     out: list[OutputRow] = []
-    if len(events):
-        by_id = {event["id"]: event for event in events.to_dict("records")}
-        batch = events.drop(columns=["kafka_key", "kafka_value"])
-        tagged, review, undecodable = tag_batch(
-            batch, model, threshold=settings.vote_threshold, limits=settings.limits
-        )
-        for row in tagged.to_dict("records"):
+    for kind, frame in (("tagged", tagged), ("review", review), ("dead", undecodable)):
+        for row in frame.to_dict("records"):
             event = by_id[row["id"]]
-            row.setdefault("source", event.get("source"))
-            row.setdefault("label", event.get("label"))
-            row["ingested_at"] = event.get("ingested_at")
-            produced = event.get("produced_at")
-            tagged_at = _ms(row.get("tagged_at")) or _now_ms()
-            latency = tagged_at - produced if produced else None
-            out.append(("tagged", row["id"], json.dumps(to_solr_doc(row)), None, None, latency))
-        for row in review.to_dict("records"):
-            event = by_id[row["id"]]
-            value = serialize_result(_tag_result(row, event, settings.vote_threshold))
-            out.append(("review", row["id"], None, row["id"].encode(), value, None))
-        for row in undecodable.to_dict("records"):
-            event = by_id[row["id"]]
-            coords = (event["topic"], event["partition"], event["offset"])
-            key, value = dead_letter(
-                event["kafka_key"],
-                event["kafka_value"],
-                coords,
-                str(row.get("stage") or "decode"),
-                str(row.get("reason") or "undecodable"),
-                str(row.get("detail") or ""),
-            )
-            out.append(("dead", row["id"], None, key, value, None))
+            try:
+                out.append(_output_row(kind, row, event, settings))
+            except Exception as exc:  # isolation: this record, and only it, is dead
+                out.append(
+                    _dead_output(event, "serialize", INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                )
     return out
+
+
+def _tag(
+    batch: pd.DataFrame, model: Any, settings: Settings
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """tag_batch over the batch; should it raise (it isolates records itself, so only a bug
+    outside its per-record steps could), again one record at a time, and a record that still
+    makes it raise is dead with the exception."""
+    from imagetag.tagging import DEAD_COLUMNS, internal_error, tag_batch
+
+    def run(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        return tag_batch(frame, model, threshold=settings.vote_threshold, limits=settings.limits)
+
+    try:
+        return run(batch)
+    except Exception:
+        log.exception("tag_batch raised for a batch of %d; retrying record by record", len(batch))
+    parts: list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = []
+    for i in range(len(batch)):
+        one = batch.iloc[i : i + 1]
+        try:
+            parts.append(run(one))
+        except Exception as exc:
+            row = one.iloc[0]
+            err = internal_error("tag", exc, bytes(row["image"] or b""))
+            dead = pd.DataFrame(
+                [
+                    {
+                        "id": row["id"],
+                        "image": err.original,
+                        "stage": err.stage,
+                        "reason": err.reason,
+                        "detail": err.detail,
+                    }
+                ],
+            ).reindex(columns=list(DEAD_COLUMNS))
+            parts.append((pd.DataFrame(), pd.DataFrame(), dead))
+    return tuple(
+        pd.concat([part[i] for part in parts], ignore_index=True) for i in range(3)
+    )
+
+
+def _output_row(
+    kind: str, row: dict[str, Any], event: dict[str, Any], settings: Settings
+) -> OutputRow:
+    """One tag_batch result row as what the sinks write: a Solr doc, a TagResult, a DeadLetter."""
+    if kind == "tagged":
+        row.setdefault("source", event.get("source"))
+        row.setdefault("label", event.get("label"))
+        row["ingested_at"] = event.get("ingested_at")
+        produced = event.get("produced_at")
+        tagged_at = _ms(row.get("tagged_at")) or _now_ms()
+        latency = tagged_at - produced if produced else None
+        return ("tagged", row["id"], json.dumps(to_solr_doc(row)), None, None, latency)
+    if kind == "review":
+        _, serialize_result, _ = _serde()
+        value = serialize_result(_tag_result(row, event, settings.vote_threshold))
+        return ("review", row["id"], None, row["id"].encode(), value, None)
+    return _dead_output(
+        event,
+        str(row.get("stage") or "decode"),
+        str(row.get("reason") or "undecodable"),
+        str(row.get("detail") or ""),
+    )
+
+
+def _dead_output(event: dict[str, Any], stage: str, reason: str, detail: str) -> OutputRow:
+    """A DeadLetter carrying the event's original Kafka record byte for byte."""
+    coords = (event["topic"], event["partition"], event["offset"])
+    key, value = dead_letter(
+        event["kafka_key"], event["kafka_value"], coords, stage, reason, detail
+    )
+    return ("dead", event["id"], None, key, value, None)
 
 
 def dead_letter_for_refused_doc(
@@ -233,25 +306,44 @@ def dead_letter_for_refused_doc(
     return image_id.encode(), value
 
 
+ARCHIVE_COLUMNS = [
+    "id",
+    "image",
+    "content_type",
+    "source",
+    "produced_at",
+    "label",
+    "metadata",
+    "kafka_partition",
+    "kafka_offset",
+    "ingested_at",
+    "ingest_date",
+]
+
+
 def archive_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Kafka rows -> the valid ImageEvents as archive rows (invalid ones are the tag query's
-    business: it dead-letters them)."""
+    business: it dead-letters them).
+
+    Should building the frame raise for some record, the records are taken one by one and the
+    ones that still fail are left out of the archive (logged; the tag query handles them)."""
     events, _ = decode_events(rows)
-    columns = [
-        "id",
-        "image",
-        "content_type",
-        "source",
-        "produced_at",
-        "label",
-        "metadata",
-        "kafka_partition",
-        "kafka_offset",
-        "ingested_at",
-        "ingest_date",
-    ]
     if not len(events):
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=ARCHIVE_COLUMNS)
+    try:
+        return _archive_frame(events)
+    except Exception:
+        log.exception("archive rows failed for a batch of %d; one by one", len(events))
+    kept = []
+    for i in range(len(events)):
+        try:
+            kept.append(_archive_frame(events.iloc[i : i + 1]))
+        except Exception as exc:
+            log.error("not archived: %s at %s (%s)", events["id"].iloc[i], i, exc)
+    return pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=ARCHIVE_COLUMNS)
+
+
+def _archive_frame(events: pd.DataFrame) -> pd.DataFrame:
     ingested = pd.to_datetime(events["ingested_at"], unit="ms", utc=True)
     return pd.DataFrame(
         {

@@ -6,11 +6,14 @@ Input: a pandas batch of ImageEvents. Output: three DataFrames,
   these become Solr documents.
 - **review**: decoded images below the threshold (kept for re-tagging after retraining, so
   they also carry the original bytes and event fields).
-- **dead**: records that could not be decoded or featurized, with the original bytes, the
-  stage and a reason token (they go to the dead-letter topic).
+- **dead**: records that could not be decoded, featurized or described, with the original
+  bytes, the stage and a reason token (they go to the dead-letter topic).
 
-Every input row lands in exactly one output. A bad record never raises; only programming
-errors do. Neither Spark nor Kafka is imported here: the callers own the plumbing.
+Every input row lands in exactly one output, and nothing a record contains makes this function
+raise: each record's own steps run in isolation (a refusal keeps its reason; any other
+exception makes that record, and only it, dead with reason ``internal_error`` and the
+exception), and when a vectorised step over the batch raises, it is re-run record by record to
+find the culprit. Neither Spark nor Kafka is imported here: the callers own the plumbing.
 
 Per row (Python loop, one OpenCV call each): decode with limits, extract local features,
 perceptual hash, dominant colours, thumbnail. Per batch (vectorised): encode every image's
@@ -24,7 +27,10 @@ listed first in the model), set in review rows too.
 from __future__ import annotations
 
 import base64
+import logging
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -32,10 +38,12 @@ import numpy as np
 import pandas as pd
 
 from imagetag.bundle import ModelBundle
-from imagetag.errors import RecordError
+from imagetag.errors import INTERNAL_ERROR, RecordError
 from imagetag.features import Features, dominant_colors, phash_hex, single_threaded_opencv
 from imagetag.images import DecodedImage, Limits, decode_image, make_thumbnail
 from imagetag.settings import ImageLimits
+
+log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 64
 
@@ -68,8 +76,8 @@ REVIEW_COLUMNS: tuple[str, ...] = (*TAGGED_COLUMNS, "image", "content_type", "me
 DEAD_COLUMNS: tuple[str, ...] = (
     "id",
     "image",  # bytes: the original image bytes
-    "stage",  # decode | featurize
-    "reason",  # token, e.g. truncated, too_many_pixels, not_an_image
+    "stage",  # decode | featurize | describe | classify | document
+    "reason",  # token, e.g. truncated, too_many_pixels, not_an_image, internal_error
     "detail",  # human sentence
     "source",
     "content_type",
@@ -101,55 +109,147 @@ def tag_batch(
     limits = limits or ImageLimits()
     tagged_at = int(time.time() * 1000) if now_ms is None else int(now_ms)
     kafka = [c for c in KAFKA_COLUMNS if c in batch.columns]
-    records = batch.to_dict("records")
 
     dead: list[dict[str, Any]] = []
-    good: list[tuple[dict[str, Any], DecodedImage, Features]] = []
-    for row in records:
-        data = row.get("image")
-        data = b"" if data is None else bytes(data)
-        try:
-            image = decode_image(data, limits)
-            try:
-                features = model.featurizer.extract(image)
-            except cv2.error as exc:
-                raise RecordError("featurize", "opencv_error", exc.msg, data) from exc
-        except RecordError as err:
-            dead.append(_dead_row(row, data, err, kafka))
-            continue
-        good.append((row, image, features))
+    good: list[_Decoded] = []
+    for row in batch.to_dict("records"):
+        decoded = _describe(row, model, limits, tagged_at)
+        if isinstance(decoded, RecordError):
+            dead.append(_dead_row(row, decoded, kafka))
+        else:
+            good.append(decoded)
 
     tagged_rows: list[dict[str, Any]] = []
     review_rows: list[dict[str, Any]] = []
-    if good:
-        vectors = _encode(model, [features for _, _, features in good])
-        labels, confidence, fractions = model.forest.vote(vectors)
-        search = model.dictionary.search_vector(vectors)
-        classes = model.classes
-        for i, (row, image, _) in enumerate(good):
-            out = _document(row, image, model, tagged_at)
-            votes = fractions[i]
-            order = np.argsort(-votes, kind="stable")
-            out["tags"] = [classes[j] for j in order if votes[j] >= threshold]
-            out["top_tag"] = str(labels[i])
-            out["confidence"] = float(confidence[i])
-            out["votes"] = {c: float(v) for c, v in zip(classes, votes, strict=True)}
-            out["vector"] = search[i].astype(float).tolist()
-            for column in kafka:
-                out[column] = row.get(column)
-            if out["tags"]:
-                tagged_rows.append(out)
-            else:
-                out["image"] = bytes(row["image"])
-                out["content_type"] = row.get("content_type")
-                out["metadata"] = row.get("metadata")
-                review_rows.append(out)
+    for item, classified in _classify(model, good):
+        if isinstance(classified, RecordError):
+            dead.append(_dead_row(item.row, classified, kafka))
+            continue
+        try:
+            out = _finish(item, classified, model.classes, threshold, kafka)
+        except Exception as exc:  # isolation: this record, and only it, is dead
+            dead.append(_dead_row(item.row, internal_error("document", exc, item.data), kafka))
+            continue
+        (tagged_rows if out["tags"] else review_rows).append(out)
 
     return (
         _frame(tagged_rows, TAGGED_COLUMNS, kafka),
         _frame(review_rows, REVIEW_COLUMNS, kafka),
         _frame(dead, DEAD_COLUMNS, kafka),
     )
+
+
+@dataclass
+class _Decoded:
+    """One record past the per-record steps: its row, bytes, features and document fields."""
+
+    row: dict[str, Any]
+    data: bytes
+    features: Features
+    document: dict[str, Any]
+
+
+@dataclass
+class _Classified:
+    """One record's share of the batch's vectorised steps."""
+
+    label: str
+    confidence: float
+    fractions: np.ndarray
+    vector: np.ndarray
+
+
+def _describe(
+    row: dict[str, Any], model: ModelBundle, limits: Limits, tagged_at: int
+) -> _Decoded | RecordError:
+    """Decode, featurize and describe one record; any failure becomes its RecordError.
+
+    A refusal keeps its own stage and reason; anything else that raises is an
+    ``internal_error`` of the stage it happened in (the record goes to the dead-letter topic
+    with the exception, the batch goes on).
+    """
+    stage = "decode"
+    data = b""
+    try:
+        data = _bytes(row.get("image"))
+        image = decode_image(data, limits)
+        stage = "featurize"
+        try:
+            features = model.featurizer.extract(image)
+        except cv2.error as exc:
+            raise RecordError("featurize", "opencv_error", exc.msg, data) from exc
+        stage = "describe"
+        document = _document(row, data, image, model, tagged_at)
+    except RecordError as err:
+        return err
+    except Exception as exc:
+        return internal_error(stage, exc, data)
+    return _Decoded(row, data, features, document)
+
+
+def _classify(
+    model: ModelBundle, items: list[_Decoded]
+) -> Iterator[tuple[_Decoded, _Classified | RecordError]]:
+    """Encode and vote for the whole batch at once; if that raises, record by record, so the
+    record that makes it raise is found and dead-lettered alone."""
+    if not items:
+        return
+    try:
+        results = _vectorised(model, items)
+    except Exception:
+        log.warning("encode/vote failed for a batch of %d; retrying record by record", len(items))
+    else:
+        yield from zip(items, results, strict=True)
+        return
+    for item in items:
+        try:
+            [result] = _vectorised(model, [item])
+        except Exception as exc:
+            yield item, internal_error("classify", exc, item.data)
+        else:
+            yield item, result
+
+
+def _vectorised(model: ModelBundle, items: list[_Decoded]) -> list[_Classified]:
+    vectors = _encode(model, [item.features for item in items])
+    labels, confidence, fractions = model.forest.vote(vectors)
+    search = model.dictionary.search_vector(vectors)
+    return [
+        _Classified(str(labels[i]), float(confidence[i]), fractions[i], search[i])
+        for i in range(len(items))
+    ]
+
+
+def _finish(
+    item: _Decoded,
+    classified: _Classified,
+    classes: list[str],
+    threshold: float,
+    kafka: list[str],
+) -> dict[str, Any]:
+    """The tagged (or review) row of one classified record."""
+    row, votes = item.row, classified.fractions
+    out = dict(item.document)
+    order = np.argsort(-votes, kind="stable")
+    out["tags"] = [classes[j] for j in order if votes[j] >= threshold]
+    out["top_tag"] = classified.label
+    out["confidence"] = classified.confidence
+    out["votes"] = {c: float(v) for c, v in zip(classes, votes, strict=True)}
+    out["vector"] = classified.vector.astype(float).tolist()
+    for column in kafka:
+        out[column] = row.get(column)
+    if not out["tags"]:
+        out["image"] = item.data
+        out["content_type"] = row.get("content_type")
+        out["metadata"] = row.get("metadata")
+    return out
+
+
+def internal_error(stage: str, exc: BaseException, data: bytes) -> RecordError:
+    """What an unexpected exception while handling one record becomes: a dead letter with
+    reason ``internal_error``, the exception's type and message, and the original bytes."""
+    log.debug("internal error at %s", stage, exc_info=exc)
+    return RecordError(stage, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:2000], data)
 
 
 def _encode(model: ModelBundle, features: list[Features]) -> np.ndarray:
@@ -172,11 +272,12 @@ def _encode(model: ModelBundle, features: list[Features]) -> np.ndarray:
 
 def _document(
     row: dict[str, Any],
+    data: bytes,
     image: DecodedImage,
     model: ModelBundle,
     tagged_at: int,
 ) -> dict[str, Any]:
-    data = row["image"]
+    """The fields of one image's document that need the decoded pixels (per record)."""
     colors = dominant_colors(image, k=model.color_k)
     return {
         "id": row.get("id"),
@@ -196,12 +297,10 @@ def _document(
     }
 
 
-def _dead_row(
-    row: dict[str, Any], data: bytes, err: RecordError, kafka: list[str]
-) -> dict[str, Any]:
+def _dead_row(row: dict[str, Any], err: RecordError, kafka: list[str]) -> dict[str, Any]:
     out = {
         "id": row.get("id"),
-        "image": err.original if err.original is not None else data,
+        "image": err.original if err.original is not None else _bytes(row.get("image")),
         "stage": err.stage,
         "reason": err.reason,
         "detail": err.detail,
@@ -216,6 +315,11 @@ def _dead_row(
 
 def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...], kafka: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*columns, *kafka])
+
+
+def _bytes(value: Any) -> bytes:
+    """The image bytes of a row (None -> empty; bytearray / memoryview -> bytes)."""
+    return b"" if value is None else bytes(value)
 
 
 def _optional_str(value: Any) -> str | None:
