@@ -5,9 +5,10 @@
 
 SOURCE is read with Spark into *Kafka-shaped rows* (``key`` = image id, ``value`` = an Avro
 ImageEvent, ``topic``/``partition``/``offset`` = where the record came from, ``timestamp`` =
-its ingest time), so ``imagetag.pipeline.tag_frame`` and ``write_outputs`` — what the stream's
+its ingest time), so ``imagetag.pipeline.tag_rows`` and ``write_outputs`` — what the stream's
 ``foreachBatch`` calls — tag and write them unchanged: Solr upserts, the review topic, the
-dead-letter topic. ImageEvents are built on the executors (``mapInPandas``); the id is the
+dead-letter topic. A round that fails deterministically is narrowed down and its poison
+records are dead-lettered (``poison``); the backfill goes on and counts them. ImageEvents are built on the executors (``mapInPandas``); the id is the
 sha256 of the bytes, so a re-done record upserts the same Solr document.
 
 Sources (``--format`` or sniffed):
@@ -77,8 +78,6 @@ from imagetag.sinks import TransactionalSink
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
-
-    from imagetag.pipeline import Written
 
 log = logging.getLogger("imagetag.backfill")
 
@@ -184,6 +183,7 @@ class BackfillSummary:
     tagged: int = 0
     review: int = 0
     dead: int = 0
+    quarantined: int = 0  # of dead: poison records of a split that failed deterministically
     refused: int = 0
     seconds: float = 0.0
     model_versions: list[str] = field(default_factory=list)
@@ -213,7 +213,7 @@ class BackfillSummary:
                 f"images:   {self.images} in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s)",
                 f"tagged:   {self.tagged}",
                 f"review:   {self.review}",
-                f"dead:     {self.dead}",
+                f"dead:     {self.dead} ({self.quarantined} quarantined as poison)",
                 f"refused:  {self.refused} (over limits.max_bytes, not read)",
                 f"model:    {', '.join(self.model_versions) or '-'}",
             ]
@@ -1231,7 +1231,7 @@ class Backfill:
                 self.spark.conf.set(conf, previous)
 
     def _run(self) -> BackfillSummary:
-        from imagetag.pipeline import CurrentModel, tag_frame, write_outputs
+        from imagetag.pipeline import CurrentModel
 
         opts, summary = self.options, self.summary
         started = time.monotonic()
@@ -1268,11 +1268,11 @@ class Backfill:
                 model_bc = models.get()
                 if models.version and models.version not in summary.model_versions:
                     summary.model_versions.append(models.version)
-                counts = self._run_round(round_splits, token, model_bc, tag_frame, write_outputs)
+                counts = self._run_round(round_splits, token, model_bc)
                 for split in round_splits:
                     self.state.finish(split, counts)
                 summary.splits_done += len(round_splits)
-                for kind in ("tagged", "review", "dead"):
+                for kind in ("tagged", "review", "dead", "quarantined"):
                     setattr(summary, kind, getattr(summary, kind) + counts.get(kind, 0))
                 summary.images += sum(counts.get(k, 0) for k in ("tagged", "review", "dead"))
                 summary.seconds = time.monotonic() - started
@@ -1298,7 +1298,7 @@ class Backfill:
         dead-letter records, already committed, are not appended again."""
         if pending and self.sink is None:
             self.sink = TransactionalSink(self.settings, self.state.sink_id())
-        last = self.sink.last_token()[0] if self.sink is not None else None
+        last = self.sink.last_token() if self.sink is not None else None
         written = token_splits(last)
         recovered = [s for s in pending if s.key in written]
         if recovered:
@@ -1308,38 +1308,35 @@ class Backfill:
         for round_splits in rounds([s for s in pending if s.key not in written], per_round):
             yield round_splits, round_token(round_splits)
 
-    def _run_round(
-        self,
-        splits: Sequence[Split],
-        token: str,
-        model_bc: Any,
-        tag_frame: Callable[..., DataFrame],
-        write_outputs: Callable[..., Written],
-    ) -> dict[str, int]:
+    def _run_round(self, splits: Sequence[Split], token: str, model_bc: Any) -> dict[str, int]:
+        """Read, archive, tag and write one round; a round that fails deterministically is
+        narrowed down and its poison records dead-lettered (``pipeline.tag_rows``)."""
         from pyspark import StorageLevel
+
+        from imagetag.pipeline import tag_rows, write_outputs
 
         rows = self.read(splits)
         if self.archive_output:
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             self._archive(rows, splits)
-        out = tag_frame(rows, model_bc, self.settings)
         try:
-            sinks = out if self.options.kafka_sinks else out.where("kind = 'tagged'")
-            assert self.sink is not None
-            counts = write_outputs(self.settings, sinks, self.sink, token).counts
-            if not self.options.kafka_sinks:
-                for row in out.where("kind != 'tagged'").groupBy("kind").count().collect():
-                    counts[row["kind"]] = counts.get(row["kind"], 0) + int(row["count"])
-            if self.options.retag:
-                settings_json = self.settings.model_dump_json()
-                out.where("kind != 'tagged' AND id != ''").select("id").rdd.mapPartitions(
-                    solr_delete_partition(settings_json)
-                ).collect()
+            tagged = tag_rows(rows, model_bc, self.settings, f"round {token[:60]}")
+            try:
+                assert self.sink is not None
+                written = write_outputs(
+                    self.settings, tagged, self.sink, token, appends=self.options.kafka_sinks
+                )
+                if self.options.retag:
+                    settings_json = self.settings.model_dump_json()
+                    tagged.out.where("kind != 'tagged' AND id != ''").select(
+                        "id"
+                    ).rdd.mapPartitions(solr_delete_partition(settings_json)).collect()
+            finally:
+                tagged.unpersist()
         finally:
-            out.unpersist()
             if self.archive_output:
                 rows.unpersist()
-        return counts
+        return written.counts
 
     def _archive(self, rows: DataFrame, splits: Sequence[Split]) -> None:
         """Append the round's valid ImageEvents to ``archive_dir/_backfill`` (one partition per

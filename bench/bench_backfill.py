@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imagetag.kafka_admin import delete_topics, ensure_topics
+from imagetag.kafka_admin import delete_topics, ensure_topics, topic_names
 from imagetag.settings import Settings
 from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
@@ -162,20 +162,19 @@ def isolated(settings: Settings, tag: str) -> Settings:
             "topic_images": f"{base}.images",
             "topic_dlq": f"{base}.dlq",
             "topic_review": f"{base}.review",
+            "topic_ledger": f"{base}.ledger",
         },
         solr={"collection": base},
         checkpoint_dir=str((BENCH_DIR / base / "checkpoints").resolve()),
         archive_dir=str((BENCH_DIR / base / "archive").resolve()),
     )
-    k = derived.kafka
-    ensure_topics(derived, [k.topic_images, k.topic_dlq, k.topic_review])
+    ensure_topics(derived, topic_names(derived))
     SolrAdmin(derived).ensure_collection()
     return derived
 
 
 def cleanup(settings: Settings) -> None:
-    k = settings.kafka
-    delete_topics(settings, [k.topic_images, k.topic_dlq, k.topic_review])
+    delete_topics(settings, topic_names(settings))
     admin = SolrAdmin(settings)
     behind = admin.aliases().get(settings.solr.collection, "")
     admin.delete_alias(settings.solr.collection)

@@ -32,7 +32,7 @@ import pandas as pd
 import requests
 
 from imagetag.datasets import fashion_mnist_paths, read_idx
-from imagetag.kafka_admin import delete_topics, ensure_topics
+from imagetag.kafka_admin import delete_topics, ensure_topics, topic_names
 from imagetag.settings import Settings
 from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
@@ -205,22 +205,20 @@ def isolated(settings: Settings, tag: str, tmp: Path) -> Settings:
             "topic_images": f"{base}.images",
             "topic_dlq": f"{base}.dlq",
             "topic_review": f"{base}.review",
+            "topic_ledger": f"{base}.ledger",
         },
         solr={"collection": base},
         checkpoint_dir=str(tmp / base / "checkpoints"),
         archive_dir=str(tmp / base / "archive"),
         spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 2000},
     )
-    ensure_topics(
-        derived, [derived.kafka.topic_images, derived.kafka.topic_dlq, derived.kafka.topic_review]
-    )
+    ensure_topics(derived, topic_names(derived))
     SolrAdmin(derived).ensure_collection()
     return derived
 
 
 def cleanup(settings: Settings) -> None:
-    k = settings.kafka
-    delete_topics(settings, [k.topic_images, k.topic_dlq, k.topic_review])
+    delete_topics(settings, topic_names(settings))
     admin = SolrAdmin(settings)
     behind = admin.aliases().get(settings.solr.collection, "")
     admin.delete_alias(settings.solr.collection)

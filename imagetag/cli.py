@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "imagetag.commands.reindex",
         "rebuild the Solr index into a new collection, then switch the alias (blue/green)",
     ),
+    "dlq": (
+        "imagetag.commands.dlq",
+        "replay dead letters: send their original bytes back to the input topic",
+    ),
 }
 
 

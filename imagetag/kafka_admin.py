@@ -32,7 +32,22 @@ def admin_client(settings: Settings) -> AdminClient:
 
 def topic_names(settings: Settings) -> list[str]:
     k = settings.kafka
-    return [k.topic_images, k.topic_dlq, k.topic_review]
+    return [k.topic_images, k.topic_dlq, k.topic_review, k.topic_ledger]
+
+
+def topic_layout(settings: Settings, name: str) -> tuple[int, dict[str, str]]:
+    """(partitions, config) a topic is created with. The sink ledger (``imagetag.sinks``) has
+    one partition and is compacted: only the last record of each sink is needed, and it is read
+    from the start, so compaction keeps that read short."""
+    config = {"max.message.bytes": str(message_limit(settings))}
+    if name == settings.kafka.topic_ledger:
+        config |= {
+            "cleanup.policy": "compact",
+            "segment.ms": str(10 * 60 * 1000),
+            "min.cleanable.dirty.ratio": "0.1",
+        }
+        return 1, config
+    return settings.kafka.partitions, config
 
 
 def ensure_topics(
@@ -53,9 +68,9 @@ def ensure_topics(
     missing = [
         NewTopic(
             name,
-            num_partitions=settings.kafka.partitions,
+            num_partitions=topic_layout(settings, name)[0],
             replication_factor=settings.kafka.replication_factor,
-            config={"max.message.bytes": limit},
+            config=topic_layout(settings, name)[1],
         )
         for name in names
         if name not in existing

@@ -9,11 +9,15 @@ so the two write exactly the same things.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
+import os
+import re
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -36,6 +40,14 @@ log = logging.getLogger(__name__)
 OUTPUT_SCHEMA = "kind string, id string, doc string, key binary, value binary, latency_ms long"
 
 
+# Test-only hook: a batch holding a record whose value contains this environment variable's
+# bytes fails in ``tag_partition``, outside the per-record isolation (``IMAGETAG_TEST_POISON_MODE``
+# = ``raise``, the default, or ``crash`` to kill the Python worker as a segfault would). It lets
+# the tests prove that a batch failing for a reason nobody foresaw is quarantined.
+POISON_ENV = "IMAGETAG_TEST_POISON"
+POISON_MODE_ENV = "IMAGETAG_TEST_POISON_MODE"
+
+
 def tag_partition(
     batches: Iterable[pd.DataFrame], model_bc: Broadcast[Any], settings_json: str
 ) -> Iterator[pd.DataFrame]:
@@ -44,8 +56,18 @@ def tag_partition(
 
     settings = Settings.model_validate_json(settings_json)
     model = model_bc.value  # unpickled once per Python worker per model version
+    poison = os.environ.get(POISON_ENV, "").encode()
     for rows in batches:
+        if poison:
+            _test_poison(rows, poison)
         yield tag_kafka_rows(rows, model, settings)
+
+
+def _test_poison(rows: pd.DataFrame, marker: bytes) -> None:
+    if any(value is not None and marker in bytes(value) for value in rows["value"]):
+        if os.environ.get(POISON_MODE_ENV) == "crash":
+            os._exit(70)
+        raise RuntimeError("test poison: a record no isolation can catch")
 
 
 def tag_frame(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings) -> DataFrame:
@@ -55,6 +77,195 @@ def tag_frame(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings) -> 
     return rows.mapInPandas(
         lambda it: tag_partition(it, model_bc, settings_json), OUTPUT_SCHEMA
     ).persist()
+
+
+@dataclass
+class Tagged:
+    """A batch's output rows (OUTPUT_SCHEMA, cached) and, fetched with them, (kind, latency_ms,
+    size) per row. ``quarantined`` counts the records dead-lettered as ``poison``."""
+
+    out: DataFrame
+    meta: list[Any]
+    quarantined: int = 0
+    parts: list[DataFrame] = field(default_factory=list)
+
+    def unpersist(self) -> None:
+        for frame in self.parts or [self.out]:
+            frame.unpersist()
+
+
+def tag_rows(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings, what: str) -> Tagged:
+    """Tag Kafka-shaped rows in one Spark job; a batch that fails deterministically for a reason
+    that is not an infrastructure fault is quarantined instead of failing.
+
+    Per-record isolation (``tag_batch``, ``records``) keeps any one record from failing the
+    batch; this is the net below it, for what isolation cannot catch (a Python worker that
+    crashes, a bug outside the per-record steps). A failed batch is run again in halves, and a
+    failing half in halves again, down to single records (the first two halves are the retry: a
+    transient fault passes there): the parts that pass are kept, and every record that fails
+    alone goes to the dead-letter topic as ``poison`` with its original bytes. Infrastructure
+    faults (Kafka, Solr, an executor lost) are raised, so the caller stalls and retries as for
+    any outage. ``what`` names the batch in the logs.
+    """
+    try:
+        return _materialize(rows, model_bc, settings)
+    except Exception as exc:
+        if not is_data_fault(exc):
+            raise
+        fault = fault_summary(exc)
+    log.warning("%s failed (%s); running it again in halves to find the cause", what, fault)
+    started = time.monotonic()
+    tagged = _quarantine(rows, model_bc, settings, fault)
+    if tagged.quarantined:
+        log.error(
+            "%s: quarantined %d poison record(s) of %d in %.1fs (%s); the rest went on",
+            what,
+            tagged.quarantined,
+            len(tagged.meta),
+            time.monotonic() - started,
+            fault,
+        )
+    else:
+        log.warning("%s passed when run again in halves (a transient fault)", what)
+    return tagged
+
+
+def _materialize(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings) -> Tagged:
+    out = tag_frame(rows, model_bc, settings)
+    try:
+        meta = out.selectExpr("kind", "latency_ms", "length(value) AS size").collect()
+    except BaseException:
+        out.unpersist()
+        raise
+    return Tagged(out, meta, parts=[out])
+
+
+Coords = tuple[str, int, int]
+
+
+def _quarantine(
+    rows: DataFrame, model_bc: Broadcast[Any], settings: Settings, fault: str
+) -> Tagged:
+    """Narrow a failing batch down by bisection over its (topic, partition, offset) order."""
+    from pyspark import StorageLevel
+    from pyspark.sql import Row
+
+    from imagetag.records import dead_letter
+
+    coords: list[Coords] = sorted(
+        (str(r.topic), int(r.partition), int(r.offset))
+        for r in rows.select("topic", "partition", "offset").collect()
+    )
+    good: list[Tagged] = []
+    poison: list[Coords] = []
+    pending = [coords]
+    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # read once, probed many times
+    cores = max(1, rows.sparkSession.sparkContext.defaultParallelism)
+    try:
+        while pending:
+            chunk = pending.pop()
+            # Small probes in one task: the job's fixed cost, not the tagging, dominates them.
+            tasks = max(1, min(cores, len(chunk) // PROBE_ROWS_PER_TASK))
+            probe = rows.where(_coords_filter(chunk)).coalesce(tasks)
+            try:
+                good.append(_materialize(probe, model_bc, settings))
+            except Exception as exc:
+                if not is_data_fault(exc):
+                    raise
+                if len(chunk) == 1:
+                    poison.extend(chunk)
+                else:
+                    half = len(chunk) // 2
+                    pending += [chunk[half:], chunk[:half]]
+    except BaseException:
+        for part in good:
+            part.unpersist()
+        rows.unpersist()
+        raise
+    letters = []
+    if poison:
+        detail = f"its batch failed twice and it fails alone: {fault}"
+        for r in rows.where(_coords_filter(poison)).select(*KAFKA_ROW).collect():
+            place = (str(r.topic), int(r.partition), int(r.offset))
+            key, value = dead_letter(r.key, r.value or b"", place, "tag", "poison", detail)
+            letters.append(("dead", _text(key), None, key, value, None))
+    rows.unpersist()  # the good parts' outputs are cached on their own
+    spark = rows.sparkSession
+    quarantined = spark.createDataFrame(letters, OUTPUT_SCHEMA)
+    parts = [part.out for part in good]
+    out = functools.reduce(lambda a, b: a.unionByName(b), parts, quarantined)
+    meta = [m for part in good for m in part.meta]
+    meta += [Row(kind="dead", latency_ms=None, size=len(letter[4])) for letter in letters]
+    return Tagged(out, meta, quarantined=len(letters), parts=parts)
+
+
+KAFKA_ROW = ("key", "value", "topic", "partition", "offset")
+PROBE_ROWS_PER_TASK = 500
+
+
+def _coords_filter(chunk: list[Coords]) -> str:
+    """A SQL filter selecting the rows at ``chunk``'s coordinates: one offset range per topic
+    partition (a chunk is a contiguous run of the batch's sorted coordinates, so each range
+    holds exactly the chunk's rows of that partition)."""
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for topic, partition, offset in chunk:
+        low, high = ranges.get((topic, partition), (offset, offset))
+        ranges[(topic, partition)] = (min(low, offset), max(high, offset))
+    return " OR ".join(
+        f"(topic = '{topic.replace(chr(39), chr(39) * 2)}' AND partition = {partition}"
+        f" AND offset BETWEEN {low} AND {high})"
+        for (topic, partition), (low, high) in ranges.items()
+    )
+
+
+def _text(key: bytes | None) -> str:
+    try:
+        return "" if key is None else key.decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+
+
+def is_data_fault(exc: BaseException) -> bool:
+    """Did a batch fail because of what is in it, not because a service is away?
+
+    Yes for an exception raised by our Python code on an executor (pyspark's
+    ``PythonException``) and for a Python worker that died (Spark reports an ``EOFException``
+    under a ``SparkException``: a segfault or an OOM kill while handling some record). No for
+    everything else: Kafka or Solr unreachable, an executor lost, the driver's own errors.
+    """
+    from pyspark.errors.exceptions.base import PythonException
+
+    if isinstance(exc, PythonException):
+        return True
+    names = _java_causes(exc)
+    if "org.apache.spark.api.python.PythonException" in names:
+        return True
+    return any(
+        outer == "org.apache.spark.SparkException" and inner == "java.io.EOFException"
+        for outer, inner in itertools.pairwise(names)
+    )
+
+
+def _java_causes(exc: BaseException) -> list[str]:
+    """The class names of a py4j error's Java exception and its causes, outermost first."""
+    java = getattr(exc, "java_exception", None)
+    names: list[str] = []
+    while java is not None and len(names) < 20:
+        try:
+            names.append(str(java.getClass().getName()))
+            java = java.getCause()
+        except Exception:  # the gateway is gone: nothing more to learn
+            break
+    return names
+
+
+def fault_summary(exc: BaseException | str) -> str:
+    """The telling line of a Spark / py4j error: the innermost Python or Java exception."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*", line) and not line.startswith("at "):
+            return line[:500]
+    return lines[0][:500] if lines else repr(exc)[:500]
 
 
 class CurrentModel:
@@ -137,26 +348,32 @@ class Written:
 
 def write_outputs(
     settings: Settings,
-    out: DataFrame,
+    tagged: Tagged,
     sink: TransactionalSink,
     token: str,
+    *,
+    appends: bool = True,
 ) -> Written:
     """Solr first (stalls while Solr is unavailable), then the review and dead-letter records in
     one Kafka transaction marked ``token`` (skipped when the sink's ledger says this batch's
-    records were committed already, or when there is nothing to append).
+    records were committed already, or when there is nothing to append). With ``appends``
+    false (a re-index), review and dead rows are counted, not written.
 
-    Three Spark jobs a batch: a small collect of (kind, latency, size) per row, which also
-    fills the cache of ``out``; the Solr upserts; the review / dead-letter records."""
+    Two Spark jobs a batch on top of the tagging (whose collect of (kind, latency, size) per
+    row filled the cache of ``tagged.out``): the Solr upserts and the review / dead-letter
+    records."""
     from imagetag.records import dead_letter_for_refused_doc
 
-    meta = out.selectExpr("kind", "latency_ms", "length(value) AS size").collect()
+    out = tagged.out
     counts: dict[str, int] = {}
     sink_bytes = 0
-    for row in meta:
+    for row in tagged.meta:
         counts[row.kind] = counts.get(row.kind, 0) + 1
         if row.kind != "tagged":
             sink_bytes += row.size or 0
-    latencies = [int(r.latency_ms) for r in meta if r.kind == "tagged" and r.latency_ms is not None]
+    latencies = [
+        int(r.latency_ms) for r in tagged.meta if r.kind == "tagged" and r.latency_ms is not None
+    ]
 
     settings_json = settings.model_dump_json()
     refused = []
@@ -167,12 +384,14 @@ def write_outputs(
             .rdd.mapPartitions(solr_partition(settings_json))
             .collect()
         )
-    appended = counts.get("review", 0) + counts.get("dead", 0)
+    appended = counts.get("review", 0) + counts.get("dead", 0) if appends else 0
     if (appended or refused) and not sink.done(token):
         topics = {"review": settings.kafka.topic_review, "dead": settings.kafka.topic_dlq}
         rows = out.where("kind IN ('review', 'dead')").select("kind", "key", "value")
-        fetched = (
-            rows.collect()
+        fetched: Iterable[Any] = (
+            []
+            if not appended
+            else rows.collect()
             if sink_bytes <= COLLECT_MAX_BYTES
             else rows.toLocalIterator(prefetchPartitions=True)
         )
@@ -189,4 +408,6 @@ def write_outputs(
         log.info("batch %s: review and dead letters were committed before; not again", token)
     counts["tagged"] = counts.get("tagged", 0) - len(refused)
     counts["dead"] = counts.get("dead", 0) + len(refused)
+    if tagged.quarantined:
+        counts["quarantined"] = tagged.quarantined
     return Written(counts, latencies)

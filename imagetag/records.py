@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ["kind", "id", "doc", "key", "value", "latency_ms"]
 
+# Kafka header of a dead letter sent again by `imagetag dlq replay`: "<dlq topic>:<partition>:
+# <offset>" of the letter. The stream de-duplicates by image id plus this header.
+REPLAY_HEADER = "imagetag.replay"
+
 
 @cache
 def _serde() -> tuple[AvroDeserializer, AvroSerializer, AvroSerializer]:
@@ -249,9 +253,7 @@ def _tag(
                 ],
             ).reindex(columns=list(DEAD_COLUMNS))
             parts.append((pd.DataFrame(), pd.DataFrame(), dead))
-    return tuple(
-        pd.concat([part[i] for part in parts], ignore_index=True) for i in range(3)
-    )
+    return tuple(pd.concat([part[i] for part in parts], ignore_index=True) for i in range(3))
 
 
 def _output_row(

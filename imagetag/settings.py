@@ -43,6 +43,8 @@ class KafkaSettings(_Section):
     topic_images: str = "images"
     topic_dlq: str = "images.dlq"
     topic_review: str = "images.review"
+    # Compacted, one partition: the last committed batch of each transactional sink.
+    topic_ledger: str = "images.ledger"
     partitions: int = Field(default=2, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     # Which Python client the producer uses: librdkafka's (fast, default) or pure Python.

@@ -6,15 +6,26 @@ must not be appended a second time, and a crash half-way through the writes must
 of them behind to be written again.
 
 So a batch's records go out in **one Kafka transaction** from the driver, together with a
-*ledger entry*: an offset commit for the consumer group ``<transactional id>`` on partition 0 of
-the review topic, whose metadata is the batch's token. Kafka commits the records and the ledger
-entry atomically (the transactional offset commit of KIP-98, as Kafka Streams uses it), so:
+*ledger record*: key = the sink's transactional id, value = the batch's token, on the
+compacted ledger topic (``kafka.topic_ledger``, one partition). Kafka commits the records and
+the ledger record atomically, so:
 
-* the ledger says the batch is done  <=>  its records are committed;
+* the ledger's last record for this id names the batch  <=>  its records are committed;
 * a process killed mid-batch leaves an open transaction, which the next producer with the same
-  ``transactional.id`` aborts when it starts (``init_transactions`` fences the zombie);
-* consumers of ``images.review`` / ``images.dlq`` read with ``isolation.level=read_committed``
-  (librdkafka's default; the Java client's must be set) and never see an aborted attempt.
+  ``transactional.id`` aborts when it starts (``init_transactions`` fences the zombie, and
+  completes a commit the zombie had already asked for);
+* the ledger is read back with ``isolation.level=read_committed`` to its end, after that
+  fencing, so what it says is final; consumers of ``images.review`` / ``images.dlq`` read
+  with ``read_committed`` too (librdkafka's default; the Java client's must be set) and never
+  see an aborted attempt.
+
+The ledger is a record, not a transactional offset commit (``send_offsets_to_transaction``),
+on purpose: that call needs the consumer-group coordinator, and librdkafka can wait for it
+forever, ignoring its timeout, when the broker restarts (confluentinc/librdkafka #5456,
+#5511). A record needs only the transaction coordinator and the partition leader, whose calls
+keep their timeouts. Every blocking call is also run under a watchdog: a call that outlives
+its timeout abandons the producer (the next one fences it) and raises, so the caller's batch
+fails and is re-run instead of hanging.
 
 The transactional id is stable per stream checkpoint (its query id) or per backfill state
 folder, and the token is the micro-batch id (or the round's split keys): the only batch that
@@ -24,34 +35,52 @@ can be replayed is the last one, so "done" means "the ledger's last token is thi
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from imagetag.errors import ServiceError
-from imagetag.kafka_admin import message_limit
+from imagetag.kafka_admin import ensure_topics, message_limit
 from imagetag.settings import Settings
 
 if TYPE_CHECKING:
-    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import Producer
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 60.0
+# How long past its own timeout a blocking client call may run before the watchdog gives up.
+GRACE_S = 15.0
+
+T = TypeVar("T")
 
 
-def _coordinator_moves() -> frozenset[int]:
-    from confluent_kafka import KafkaError
+class CallTimeout(Exception):
+    """A Kafka client call did not return within its timeout plus the grace period."""
 
-    return frozenset(
-        {
-            KafkaError.NOT_COORDINATOR,
-            KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-            KafkaError.COORDINATOR_NOT_AVAILABLE,
-            KafkaError._TRANSPORT,
-            KafkaError._TIMED_OUT,
-        }
-    )
+
+def bounded(call: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run ``call`` (a blocking client call given ``timeout_s``) and return its result, or raise
+    :class:`CallTimeout` if it has not returned ``GRACE_S`` after that timeout. The call keeps
+    running in its daemon thread: the caller must abandon the client it was made on."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=target, name=f"kafka-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s + GRACE_S)
+    if thread.is_alive():
+        raise CallTimeout(f"{what} did not return in {timeout_s + GRACE_S:.0f}s")
+    if error:
+        raise error[0]
+    return result[0]
 
 
 class TransactionalSink:
@@ -61,45 +90,68 @@ class TransactionalSink:
         self.settings = settings
         self.transactional_id = transactional_id
         self._producer: Producer | None = None
-        self._consumer: Consumer | None = None
-        # The ledger offset as last read or committed by us (we are its only writer once our
-        # producer fenced any other); None until read, and again after an error.
-        self._ledger_offset: int | None = None
+        # The ledger's last token for our id, as read after our producer fenced every other
+        # (we are then its only writer) and as we committed since; unknown until read.
+        self._last: str | None = None
+        self._known = False
 
     # -- the ledger ------------------------------------------------------------------------
-    def _ledger(self) -> tuple[str, int]:
-        return self.settings.kafka.topic_review, 0
-
-    def last_token(self) -> tuple[str | None, int]:
-        """The token of the last committed batch (None before the first) and the ledger offset.
-
-        Retries while the group coordinator moves or loads (a broker that just started)."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        topic, partition = self._ledger()
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            try:
-                [committed] = self._open_consumer().committed(
-                    [TopicPartition(topic, partition)], timeout=TIMEOUT_S
-                )
-                break
-            except KafkaException as exc:
-                if not exc.args[0].retriable() and exc.args[0].code() not in _coordinator_moves():
-                    raise self._error("cannot read the sink ledger", exc) from exc
-                if time.monotonic() > deadline:
-                    raise self._error("cannot read the sink ledger", exc) from exc
-                time.sleep(0.5)
-        if committed.error or committed.offset < 0:
-            self._ledger_offset = 0
-            return None, 0
-        self._ledger_offset = int(committed.offset)
-        return (committed.metadata or None), self._ledger_offset
+    def last_token(self) -> str | None:
+        """The token of the last committed batch (None before the first)."""
+        self._open_producer()  # fences a zombie first: its transaction is decided before we read
+        if not self._known:
+            self._last = self._read_ledger()
+            self._known = True
+        return self._last
 
     def done(self, token: str) -> bool:
         """Were this batch's records committed already (by this process or a killed one)?"""
-        self._open_producer()  # aborts a zombie's open transaction before we look
-        return self.last_token()[0] == token
+        return self.last_token() == token
+
+    def _read_ledger(self) -> str | None:
+        """The last committed token for our id: the ledger partition read to its end."""
+        from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+        topic = self.settings.kafka.topic_ledger
+        me = self.transactional_id.encode()
+        consumer = Consumer(
+            self.settings.kafka.client_config()
+            | {
+                "group.id": f"{self.transactional_id}.ledger-reader",  # never joined or committed
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            partition = TopicPartition(topic, 0)
+            try:
+                low, high = consumer.get_watermark_offsets(partition, timeout=TIMEOUT_S)
+            except KafkaException as exc:
+                raise self._error("cannot read the sink ledger", exc) from exc
+            if high <= low:
+                return None
+            consumer.assign([TopicPartition(topic, 0, low)])
+            last: str | None = None
+            deadline = time.monotonic() + TIMEOUT_S * 1.5  # another sink's open transaction
+            while time.monotonic() < deadline:  # ... holds us back at most its timeout
+                for message in consumer.consume(1000, timeout=1.0):
+                    error = message.error()
+                    if error is None:
+                        if message.key() == me:
+                            last = (message.value() or b"").decode()
+                        if (message.offset() or 0) + 1 >= high:
+                            return last
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        if (message.offset() or 0) >= high:
+                            return last
+                    else:
+                        raise self._error("cannot read the sink ledger", KafkaException(error))
+            raise self._error(
+                "cannot read the sink ledger", TimeoutError(f"{topic} not read to offset {high}")
+            )
+        finally:
+            consumer.close()
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, token: str, records: Iterable[tuple[str, bytes | None, bytes]]) -> int:
@@ -108,33 +160,26 @@ class TransactionalSink:
         On any error the transaction is aborted, the producer discarded (a fenced or failed
         producer cannot be reused) and the error raised: the caller's batch fails and is re-run.
         """
-        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka import KafkaException
 
         producer = self._open_producer()
-        consumer = self._open_consumer()
-        topic, partition = self._ledger()
-        offset = self._ledger_offset
-        if offset is None:
-            _, offset = self.last_token()
         count = 0
         try:
             producer.begin_transaction()
             for record_topic, key, value in records:
-                while True:
-                    try:
-                        producer.produce(record_topic, key=key, value=value)
-                        break
-                    except BufferError:  # local queue full: wait for deliveries (back-pressure)
-                        producer.poll(0.1)
+                self._produce(producer, record_topic, key, value)
                 count += 1
-                producer.poll(0)
-            producer.send_offsets_to_transaction(
-                [TopicPartition(topic, partition, offset + 1, metadata=token)],
-                consumer.consumer_group_metadata(),
-                TIMEOUT_S,
+            self._produce(
+                producer,
+                self.settings.kafka.topic_ledger,
+                self.transactional_id.encode(),
+                token.encode(),
             )
-            producer.commit_transaction(TIMEOUT_S)
-            self._ledger_offset = offset + 1
+            bounded(lambda: producer.commit_transaction(TIMEOUT_S), TIMEOUT_S, "commit")
+            self._last, self._known = token, True
+        except CallTimeout as exc:
+            self._discard(abort=False)  # the producer is stuck: leave it; the next one fences it
+            raise self._error("transaction stuck", exc) from exc
         except KafkaException as exc:
             self._discard(abort=True)
             raise self._error("transaction failed", exc) from exc
@@ -143,21 +188,32 @@ class TransactionalSink:
             raise
         return count
 
+    @staticmethod
+    def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                producer.poll(0)
+                return
+            except BufferError:  # local queue full: wait for deliveries (back-pressure)
+                producer.poll(0.1)
+
     def close(self) -> None:
         self._discard(abort=False)
 
-    def _error(self, what: str, exc: Exception) -> ServiceError:
+    def _error(self, what: str, exc: BaseException) -> ServiceError:
         return ServiceError(
             "kafka",
             self.settings.kafka.bootstrap_servers,
             f"{what} ({self.transactional_id}): {exc.args[0] if exc.args else exc}",
         )
 
-    # -- clients ---------------------------------------------------------------------------
+    # -- the producer ----------------------------------------------------------------------
     def _open_producer(self) -> Producer:
         if self._producer is None:
             from confluent_kafka import KafkaException, Producer
 
+            ensure_topics(self.settings, [self.settings.kafka.topic_ledger])
             config = self.settings.kafka.client_config() | {
                 "transactional.id": self.transactional_id,
                 "enable.idempotence": True,
@@ -165,13 +221,13 @@ class TransactionalSink:
                 "compression.type": "zstd",
                 "linger.ms": 20,
                 "message.max.bytes": message_limit(self.settings),
-                "transaction.timeout.ms": 60_000,
+                "transaction.timeout.ms": int(TIMEOUT_S * 1000),
             }
             producer = Producer(config)
             started = time.monotonic()
             try:
-                producer.init_transactions(TIMEOUT_S)
-            except KafkaException as exc:
+                bounded(lambda: producer.init_transactions(TIMEOUT_S), TIMEOUT_S, "init")
+            except (KafkaException, CallTimeout) as exc:
                 raise self._error("cannot start transactions", exc) from exc
             log.debug(
                 "transactional producer %s ready in %.1fs",
@@ -179,32 +235,17 @@ class TransactionalSink:
                 time.monotonic() - started,
             )
             self._producer = producer
+            self._known = False  # read the ledger again: a zombie may have committed meanwhile
         return self._producer
 
-    def _open_consumer(self) -> Consumer:
-        if self._consumer is None:
-            from confluent_kafka import Consumer
-
-            self._consumer = Consumer(
-                self.settings.kafka.client_config()
-                | {
-                    "group.id": self.transactional_id,
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                }
-            )
-        return self._consumer
-
     def _discard(self, abort: bool) -> None:
-        self._ledger_offset = None
+        self._known = False
         producer, self._producer = self._producer, None
-        if producer is not None:
+        if producer is None:
+            return
+        try:
             if abort:
-                try:
-                    producer.abort_transaction(10)
-                except Exception:  # no transaction open, or the producer is fenced / fatal
-                    log.debug("abort of %s failed", self.transactional_id, exc_info=True)
-            producer.flush(10)
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            consumer.close()
+                bounded(lambda: producer.abort_transaction(10), 10, "abort")
+            bounded(lambda: producer.flush(10), 10, "flush")
+        except Exception:  # no transaction open, fenced, fatal or stuck: the next one fences it
+            log.debug("closing %s failed", self.transactional_id, exc_info=True)

@@ -21,7 +21,6 @@ This module is also a ``spark-submit`` entry point: ``spark-submit streaming/job
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import sys
 import threading
@@ -31,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from imagetag.pipeline import CurrentModel, kafka_options, tag_frame, write_outputs
+from imagetag.pipeline import CurrentModel, fault_summary, kafka_options, tag_rows, write_outputs
+from imagetag.records import REPLAY_HEADER
 from imagetag.settings import Settings
 from imagetag.sinks import TransactionalSink
 
@@ -98,8 +98,9 @@ def read_images(spark: SparkSession, settings: Settings) -> DataFrame:
         # Retention may delete data a stopped stream never read; say so and go on.
         .option("failOnDataLoss", "false")
         .option("kafka.max.partition.fetch.bytes", str(settings.limits.max_bytes + 2**20))
+        .option("includeHeaders", "true")
         .load()
-        .selectExpr("key", "value", "topic", "partition", "offset", "timestamp")
+        .selectExpr("key", "value", "topic", "partition", "offset", "timestamp", "headers")
     )
 
 
@@ -130,12 +131,12 @@ class BatchWriter:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         if not self.bound.wait(120) or self.sink is None:
             raise RuntimeError("the tag query never reported its id")
-        out = tag_frame(batch, self.models.get(), self.settings)
+        tagged = tag_rows(batch, self.models.get(), self.settings, f"batch {batch_id}")
         try:
-            written = write_outputs(self.settings, out, self.sink, str(batch_id))
+            written = write_outputs(self.settings, tagged, self.sink, str(batch_id))
             self.stats.record(batch_id, written.counts, written.latencies_ms)
         finally:
-            out.unpersist()
+            tagged.unpersist()
 
 
 def progress_listener(stats: BatchStats) -> Any:
@@ -157,13 +158,15 @@ def progress_listener(stats: BatchStats) -> Any:
                 lag = max(lag, int(float(metrics.get("maxOffsetsBehindLatest", 0) or 0)))
             duration = progress.durationMs.get("triggerExecution", 0)
             log.debug("batch %d durations: %s", progress.batchId, dict(progress.durationMs))
+            quarantined = counts.get("quarantined", 0)
             log.info(
-                "batch %d: input=%d tagged=%d review=%d dead=%d duration=%dms lag=%d",
+                "batch %d: input=%d tagged=%d review=%d dead=%d%s duration=%dms lag=%d",
                 progress.batchId,
                 progress.numInputRows,
                 counts.get("tagged", 0),
                 counts.get("review", 0),
                 counts.get("dead", 0),
+                f" (quarantined={quarantined})" if quarantined else "",
                 duration,
                 lag,
             )
@@ -173,7 +176,7 @@ def progress_listener(stats: BatchStats) -> Any:
 
         def onQueryTerminated(self, event: Any) -> None:
             if event.exception:
-                log.error("query %s failed: %s", event.id, summarize(str(event.exception)))
+                log.error("query %s failed: %s", event.id, fault_summary(str(event.exception)))
 
     return ProgressLog()
 
@@ -189,15 +192,24 @@ def start_queries(
     images = read_images(spark, settings)
 
     # Duplicates of an image (same key = same bytes) within the window are tagged once.
-    # Records without a key are kept apart by their coordinates.
-    dedupe_key = F.coalesce(
-        F.hex("key"), F.concat_ws(":", "topic", F.col("partition").cast("string"), "offset")
+    # Records without a key are kept apart by their coordinates. A dead letter sent again by
+    # `imagetag dlq replay` carries the letter's own coordinates in a header: it is not a
+    # duplicate of the original, but the same letter replayed twice is.
+    dedupe_key = F.concat_ws(
+        "|",
+        F.coalesce(
+            F.hex("key"), F.concat_ws(":", "topic", F.col("partition").cast("string"), "offset")
+        ),
+        F.expr(
+            f"concat_ws(',', transform(filter(headers, h -> h.key = '{REPLAY_HEADER}'),"
+            " h -> cast(h.value AS string)))"
+        ),
     )
     deduped = (
         images.withColumn("dedupe_key", dedupe_key)
         .withWatermark("timestamp", settings.spark.dedupe_window)
         .dropDuplicatesWithinWatermark(["dedupe_key"])
-        .drop("dedupe_key")
+        .drop("dedupe_key", "headers")
     )
     tag_query = (
         deduped.writeStream.queryName(TAG_QUERY)
@@ -208,7 +220,8 @@ def start_queries(
     )
     writer.bind(str(tag_query.id))
     archive_query = (
-        images.mapInPandas(archive_partition, ARCHIVE_SCHEMA)
+        images.drop("headers")
+        .mapInPandas(archive_partition, ARCHIVE_SCHEMA)
         .writeStream.queryName(ARCHIVE_QUERY)
         .format("parquet")
         .option("path", settings.archive_dir)
@@ -218,15 +231,6 @@ def start_queries(
         .start()
     )
     return [tag_query, archive_query]
-
-
-def summarize(error: str) -> str:
-    """The telling line of a Spark / py4j error: the innermost Python or Java exception."""
-    lines = [line.strip() for line in error.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*", line) and not line.startswith("at "):
-            return line[:500]
-    return lines[0][:500] if lines else "unknown error"
 
 
 class Stopper:
@@ -279,7 +283,7 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
                 for query in queries:
                     error = query.exception()
                     if error is not None:
-                        raise RuntimeError(summarize(str(error)))
+                        raise RuntimeError(fault_summary(str(error)))
                     if not query.isActive:
                         raise RuntimeError(f"query {query.name} stopped")
                 stopper.event.wait(1.0)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from imagetag.kafka_admin import delete_topics, ensure_topics
+from imagetag.kafka_admin import delete_topics, ensure_topics, topic_names
 from imagetag.settings import Settings
 from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
@@ -82,10 +82,11 @@ def isolated_settings(settings: Settings, request: pytest.FixtureRequest) -> Ite
             "topic_images": f"{base}.images",
             "topic_dlq": f"{base}.dlq",
             "topic_review": f"{base}.review",
+            "topic_ledger": f"{base}.ledger",
         },
         solr={"collection": base},
     )
-    topics = [derived.kafka.topic_images, derived.kafka.topic_dlq, derived.kafka.topic_review]
+    topics = topic_names(derived)
     ensure_topics(derived, topics)
     admin = SolrAdmin(derived)
     admin.ensure_collection()

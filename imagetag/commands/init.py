@@ -17,17 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from imagetag.kafka_admin import ensure_topics, message_limit
+    from imagetag.kafka_admin import ensure_topics, topic_layout
     from imagetag.solr_admin import SolrAdmin
 
     if not args.skip_kafka:
         created = ensure_topics(settings)
         for topic, new in created.items():
             state = "created" if new else "exists "
-            print(
-                f"kafka  {state} topic {topic} (partitions={settings.kafka.partitions}, "
-                f"max.message.bytes={message_limit(settings)})"
-            )
+            partitions, config = topic_layout(settings, topic)
+            options = ", ".join(f"{k}={v}" for k, v in config.items())
+            print(f"kafka  {state} topic {topic} (partitions={partitions}, {options})")
     if not args.skip_solr:
         collection, new = SolrAdmin(settings).ensure_collection()
         state = "created" if new else "exists "
