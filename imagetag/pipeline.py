@@ -41,11 +41,11 @@ OUTPUT_SCHEMA = "kind string, id string, doc string, key binary, value binary, l
 
 
 # Test-only hook: a batch holding a record whose value contains this environment variable's
-# bytes fails in ``tag_partition``, outside the per-record isolation (``IMAGETAG_TEST_POISON_MODE``
+# bytes fails in ``tag_partition``, outside the per-record isolation (``TEST_IMAGETAG_POISON_MODE``
 # = ``raise``, the default, or ``crash`` to kill the Python worker as a segfault would). It lets
 # the tests prove that a batch failing for a reason nobody foresaw is quarantined.
-POISON_ENV = "IMAGETAG_TEST_POISON"
-POISON_MODE_ENV = "IMAGETAG_TEST_POISON_MODE"
+POISON_ENV = "TEST_IMAGETAG_POISON"
+POISON_MODE_ENV = "TEST_IMAGETAG_POISON_MODE"
 
 
 def tag_partition(

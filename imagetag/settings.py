@@ -84,6 +84,9 @@ class SparkSettings(_Section):
     ui_enabled: bool = False
     trigger_seconds: float = Field(default=1.0, gt=0)
     max_offsets_per_trigger: int = Field(default=5000, ge=1)
+    # SIGTERM stops the stream after its running micro-batch, and the process this long after
+    # the signal at the latest (a batch stuck on an unreachable service is re-run on restart).
+    stop_timeout_seconds: float = Field(default=30.0, gt=0)
     # The stream tags each image id once within this window (Spark watermark syntax).
     dedupe_window: str = "1 hour"
     # Extra Spark properties, passed as they are (e.g. {"spark.executor.cores": "2"}).

@@ -13,7 +13,8 @@ Two Structured Streaming queries read the ``images`` topic, each with its own ch
 
 ``run()`` supervises both: a query that fails (Kafka or Solr gone for longer than the clients
 wait) is restarted from its checkpoint with capped backoff, so an outage stalls the stream and
-it resumes by itself. SIGTERM stops the queries between micro-batches.
+it resumes by itself. SIGTERM stops the queries between micro-batches, and the process within
+``spark.stop_timeout_seconds`` whatever it is waiting for (an unfinished batch is re-run).
 
 This module is also a ``spark-submit`` entry point: ``spark-submit streaming/job.py``.
 """
@@ -21,6 +22,7 @@ This module is also a ``spark-submit`` entry point: ``spark-submit streaming/job
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -234,17 +236,43 @@ def start_queries(
 
 
 class Stopper:
-    """SIGTERM / SIGINT: finish the running micro-batch, then stop."""
+    """SIGTERM / SIGINT: finish the running micro-batch, then stop; within a bounded time.
 
-    def __init__(self) -> None:
+    The first signal asks the queries to stop after their running micro-batch and starts a
+    deadline: if the process is still alive ``timeout_s`` later (a batch stuck on a service
+    that went away), it exits at once, as a kill would. That is safe by design: offsets and
+    sink ledger entries are written only for finished batches, so the unfinished one is simply
+    re-run by the next start. A second signal exits at once too.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
         self.event = threading.Event()
+        self.timeout_s = timeout_s
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.event.set())
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.event.is_set():
+            self._exit(f"signal {signum} again")
+        self.event.set()
+        timer = threading.Timer(self.timeout_s, self._exit, [f"{self.timeout_s:.0f}s passed"])
+        timer.daemon = True
+        timer.start()
+
+    @staticmethod
+    def _exit(why: str) -> None:
+        log.error("stopping now (%s): the unfinished micro-batch is re-run by the next start", why)
+        logging.shutdown()
+        os._exit(EXIT_STOPPED_HARD)
 
 
-def _stop_gracefully(queries: list[StreamingQuery], timeout_s: float = 60.0) -> None:
+# Exit status when the stop deadline passed (128 + SIGTERM, what a shell reports for a kill).
+EXIT_STOPPED_HARD = 143
+
+
+def _stop_gracefully(queries: list[StreamingQuery], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for query in queries:
         while (
@@ -259,7 +287,7 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
     from imagetag.spark import spark_session
 
     spark = spark_session(settings, "imagetag-stream")
-    stopper = Stopper()
+    stopper = Stopper(settings.spark.stop_timeout_seconds)
     stopper.install()
     stats = BatchStats()
     spark.streams.addListener(progress_listener(stats))
@@ -288,7 +316,7 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
                         raise RuntimeError(f"query {query.name} stopped")
                 stopper.event.wait(1.0)
                 backoff = 1.0
-            _stop_gracefully(queries)
+            _stop_gracefully(queries, settings.spark.stop_timeout_seconds / 2)
         except Exception as exc:  # the supervisor's job: log, back off, restart
             for query in queries:
                 try:

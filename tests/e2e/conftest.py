@@ -17,6 +17,7 @@ import requests
 from imagetag.datasets import fashion_mnist_paths, read_idx
 from imagetag.kafka_admin import read_topic
 from imagetag.settings import Settings
+from producers import ImageProducer
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
@@ -104,16 +105,19 @@ def sha256(data: bytes) -> str:
 class StreamProcess:
     """`imagetag stream` as a child process with the given settings."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> StreamProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the child)
         self.process = subprocess.Popen(
             [IMAGETAG, "stream"],
-            env=settings_env(self.settings),
+            env=settings_env(self.settings) | self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -142,11 +146,11 @@ class StreamProcess:
 
 
 @pytest.fixture
-def stream_factory(tmp_path: Path) -> Iterator[Callable[[Settings], StreamProcess]]:
+def stream_factory(tmp_path: Path) -> Iterator[Callable[..., StreamProcess]]:
     started: list[StreamProcess] = []
 
-    def make(settings: Settings) -> StreamProcess:
-        stream = StreamProcess(settings, tmp_path / f"stream-{len(started)}.log")
+    def make(settings: Settings, env: dict[str, str] | None = None) -> StreamProcess:
+        stream = StreamProcess(settings, tmp_path / f"stream-{len(started)}.log", env)
         started.append(stream)
         return stream
 
@@ -154,3 +158,65 @@ def stream_factory(tmp_path: Path) -> Iterator[Callable[[Settings], StreamProces
     for stream in started:
         if stream.process is not None and stream.process.poll() is None:
             stream.stop()
+
+
+# -- a model trained once per session, the stream's settings, accounting --------------------
+
+TRAIN_ARGS = ["--data", "fashion-mnist", "--limit", "3000", "--k", "64", "--trees", "30"]
+
+
+def train(settings: Settings, *extra: str) -> None:
+    result = subprocess.run(
+        [IMAGETAG, "train", *TRAIN_ARGS, *extra],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def model_store(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> str:
+    store = str(tmp_path_factory.mktemp("e2e-models"))
+    train(settings.derive(model_store=store))
+    return store
+
+
+@pytest.fixture
+def stream_settings(isolated_settings: Settings, model_store: str, tmp_path: Path) -> Settings:
+    return isolated_settings.derive(
+        model_store=model_store,
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        archive_dir=str(tmp_path / "archive"),
+        spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 200},
+    )
+
+
+def produce(settings: Settings, images: list[tuple[bytes, str]]) -> set[str]:
+    with ImageProducer(settings) as producer:
+        for data, label in images:
+            producer.send(data, label=label, source="test://fashion")
+    assert producer.stats.failed == 0
+    return {sha256(data) for data, _ in images}
+
+
+def accounted(settings: Settings, valid: int, dead: int) -> Callable[[], bool]:
+    def check() -> bool:
+        review = len(topic_records(settings, settings.kafka.topic_review))
+        dlq = len(topic_records(settings, settings.kafka.topic_dlq))
+        return solr_count(settings) + review >= valid and dlq >= dead
+
+    return check
+
+
+def assert_exact(settings: Settings, ids: set[str], dead: int) -> None:
+    docs = solr_docs(settings)
+    solr_ids = [d["id"] for d in docs]
+    assert len(solr_ids) == len(set(solr_ids)), "duplicate ids in Solr"
+    review = [k.decode() for k, _ in topic_records(settings, settings.kafka.topic_review) if k]
+    assert len(review) == len(set(review)), "an image went to review twice"
+    assert set(solr_ids).isdisjoint(review)
+    assert set(solr_ids) | set(review) == ids
+    assert len(topic_records(settings, settings.kafka.topic_dlq)) == dead

@@ -6,61 +6,27 @@ checkpoints and archive, with a model trained once per session on a Fashion-MNIS
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from imagetag.avro import AvroDeserializer, AvroSerializer
 from imagetag.settings import Settings
 from imagetag.stack import SolrService
-from producers import ImageProducer
 from tests.e2e.conftest import (
-    IMAGETAG,
-    ROOT,
     StreamProcess,
+    accounted,
+    assert_exact,
     fashion_images,
+    produce,
     raw_send,
-    settings_env,
     sha256,
     solr_count,
     solr_docs,
     topic_records,
+    train,
     wait_until,
 )
-
-TRAIN_ARGS = ["--data", "fashion-mnist", "--limit", "3000", "--k", "64", "--trees", "30"]
-
-
-def train(settings: Settings, *extra: str) -> None:
-    result = subprocess.run(
-        [IMAGETAG, "train", *TRAIN_ARGS, *extra],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-@pytest.fixture(scope="session")
-def model_store(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> str:
-    store = str(tmp_path_factory.mktemp("e2e-models"))
-    train(settings.derive(model_store=store))
-    return store
-
-
-@pytest.fixture
-def stream_settings(isolated_settings: Settings, model_store: str, tmp_path: Path) -> Settings:
-    return isolated_settings.derive(
-        model_store=model_store,
-        checkpoint_dir=str(tmp_path / "checkpoints"),
-        archive_dir=str(tmp_path / "archive"),
-        spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 200},
-    )
 
 
 def corrupt_records(settings: Settings) -> list[tuple[bytes | None, bytes]]:
@@ -87,34 +53,6 @@ def corrupt_records(settings: Settings) -> list[tuple[bytes | None, bytes]]:
         (sha256(truncated).encode(), event(truncated)),
         (b"x", event(png, image_id="0" * 64)),  # id is not the image's sha256
     ]
-
-
-def produce(settings: Settings, images: list[tuple[bytes, str]]) -> set[str]:
-    with ImageProducer(settings) as producer:
-        for data, label in images:
-            producer.send(data, label=label, source="test://fashion")
-    assert producer.stats.failed == 0
-    return {sha256(data) for data, _ in images}
-
-
-def accounted(settings: Settings, valid: int, dead: int) -> Callable[[], bool]:
-    def check() -> bool:
-        review = len(topic_records(settings, settings.kafka.topic_review))
-        dlq = len(topic_records(settings, settings.kafka.topic_dlq))
-        return solr_count(settings) + review >= valid and dlq >= dead
-
-    return check
-
-
-def assert_exact(settings: Settings, ids: set[str], dead: int) -> None:
-    docs = solr_docs(settings)
-    solr_ids = [d["id"] for d in docs]
-    assert len(solr_ids) == len(set(solr_ids)), "duplicate ids in Solr"
-    review = [k.decode() for k, _ in topic_records(settings, settings.kafka.topic_review) if k]
-    assert len(review) == len(set(review)), "an image went to review twice"
-    assert set(solr_ids).isdisjoint(review)
-    assert set(solr_ids) | set(review) == ids
-    assert len(topic_records(settings, settings.kafka.topic_dlq)) == dead
 
 
 def test_every_image_is_accounted_for_exactly_once(
