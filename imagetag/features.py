@@ -12,6 +12,8 @@ position as a fraction of the image width/height (for the spatial pyramid).
   between 0/1 vectors *is* the Hamming distance, so Spark's Euclidean KMeans and our
   nearest-centre assignment are exact for them (centres become per-bit frequencies, the
   usual "k-majority" relaxation). Averaging packed bytes as numbers would be meaningless.
+  An image whose fitted side is within twice ORB's edge threshold (a thin strip, a panorama
+  brought within ``max_side``) has no keypoints and is not handed to ORB at all.
 - ``dense-sift``: SIFT descriptors on a fixed grid, for small images (28×28, 32×32) where
   detectors find almost nothing. The image is resized to ``size``×``size`` (upscaling small
   images first: SIFT's Gaussian smoothing would erase a 28-pixel image), then a descriptor is
@@ -182,6 +184,11 @@ class OrbFeaturizer(Featurizer):
 
     def extract(self, image: Any) -> Features:
         gray = _fit_side(to_gray(image), self.min_side, self.max_side)
+        if min(gray.shape[:2]) <= 2 * self._orb.getEdgeThreshold():
+            # ORB keeps no keypoint closer than edgeThreshold to a border, so such an image
+            # has none; and its pyramid would shrink a thin strip (a panorama brought within
+            # max_side) to 0 rows, which OpenCV's resize refuses with an assertion.
+            return Features(np.zeros((0, self.dim), np.float32), np.zeros((0, 2), np.float32))
         keypoints, packed = self._orb.detectAndCompute(gray, None)  # type: ignore[call-overload]
         if packed is None or len(keypoints) == 0:
             return Features(np.zeros((0, self.dim), np.float32), np.zeros((0, 2), np.float32))
@@ -322,10 +329,19 @@ def _color_sample(image: Any, max_pixels: int, seed: int) -> np.ndarray:
     return flat.astype(np.float32)
 
 
+def _packed_colors(sample: np.ndarray) -> np.ndarray:
+    """Each BGR triple of a ``float32[n, 3]`` sample packed into one integer."""
+    return sample.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
+
+
 def _distinct_colors(sample: np.ndarray) -> int:
-    """Distinct BGR triples of a ``float32[n, 3]`` sample (packed into one integer each)."""
-    packed = sample.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
-    return len(np.unique(packed))
+    """Distinct BGR triples of a ``float32[n, 3]`` sample."""
+    return len(np.unique(_packed_colors(sample)))
+
+
+def _hex(bgr: Any) -> str:
+    b, g, r = (round(float(c)) for c in np.clip(bgr, 0, 255))
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _kmeans(sample: np.ndarray, k: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -343,23 +359,25 @@ def dominant_colors(
 ) -> list[tuple[str, float]]:
     """The ``k`` dominant colours of ``image`` by KMeans colour quantisation.
 
-    Returns ``[("#rrggbb", fraction), ...]`` sorted by decreasing fraction (fewer entries when
-    the image has fewer distinct colours). Works on a fixed-seed sample of at most
-    ``max_pixels`` pixels.
+    Returns ``[("#rrggbb", fraction), ...]`` sorted by decreasing fraction. An image with at
+    most ``k`` distinct colours (a single pixel, a flat image) gets exactly those colours,
+    without KMeans. Works on a fixed-seed sample of at most ``max_pixels`` pixels.
     """
     sample = _color_sample(image, max_pixels, seed)
-    k = max(1, min(k, _distinct_colors(sample)))
-    cv2.setRNGSeed(seed)
-    _, labels, centers = _kmeans(sample, k)
-    counts = np.bincount(labels.ravel(), minlength=k)
-    order = np.argsort(-counts, kind="stable")
-    result = []
-    for i in order:
-        if counts[i] == 0:
-            continue
-        b, g, r = (round(float(c)) for c in np.clip(centers[i], 0, 255))
-        result.append((f"#{r:02x}{g:02x}{b:02x}", float(counts[i] / len(labels))))
-    return result
+    colours, first, counts = np.unique(
+        _packed_colors(sample), return_index=True, return_counts=True
+    )
+    k = max(1, k)
+    if len(colours) <= k:
+        # Nothing to cluster: the colours are the answer (and OpenCV's KMeans returns centres
+        # of the wrong shape for a single pixel).
+        centers, sizes = sample[first], counts
+    else:
+        cv2.setRNGSeed(seed)
+        _, labels, centers = _kmeans(sample, k)
+        sizes = np.bincount(labels.ravel(), minlength=k)
+    order = np.argsort(-sizes, kind="stable")
+    return [(_hex(centers[i]), float(sizes[i] / len(sample))) for i in order if sizes[i] > 0]
 
 
 def silhouette_score(points: np.ndarray, labels: np.ndarray) -> float:

@@ -185,7 +185,7 @@ def _quarantine(
     letters = []
     if poison:
         detail = f"its batch failed twice and it fails alone: {fault}"
-        for r in rows.where(_coords_filter(poison)).select(*KAFKA_ROW).collect():
+        for r in rows.where(_coords_filter(poison, exact=True)).select(*KAFKA_ROW).collect():
             place = (str(r.topic), int(r.partition), int(r.offset))
             key, value = dead_letter(r.key, r.value or b"", place, "tag", "poison", detail)
             letters.append(("dead", _text(key), None, key, value, None))
@@ -203,17 +203,24 @@ KAFKA_ROW = ("key", "value", "topic", "partition", "offset")
 PROBE_ROWS_PER_TASK = 500
 
 
-def _coords_filter(chunk: list[Coords]) -> str:
-    """A SQL filter selecting the rows at ``chunk``'s coordinates: one offset range per topic
-    partition (a chunk is a contiguous run of the batch's sorted coordinates, so each range
-    holds exactly the chunk's rows of that partition)."""
+def _coords_filter(chunk: list[Coords], exact: bool = False) -> str:
+    """A SQL filter selecting the rows at ``chunk``'s coordinates. A chunk is a contiguous run
+    of the batch's sorted coordinates, so one offset range per topic partition holds exactly
+    its rows; ``exact`` matches each coordinate itself instead (for scattered ones)."""
+
+    def quoted(topic: str) -> str:
+        return "'" + topic.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    if exact:
+        return " OR ".join(
+            f"(topic = {quoted(t)} AND partition = {p} AND offset = {o})" for t, p, o in chunk
+        )
     ranges: dict[tuple[str, int], tuple[int, int]] = {}
     for topic, partition, offset in chunk:
         low, high = ranges.get((topic, partition), (offset, offset))
         ranges[(topic, partition)] = (min(low, offset), max(high, offset))
     return " OR ".join(
-        f"(topic = '{topic.replace(chr(39), chr(39) * 2)}' AND partition = {partition}"
-        f" AND offset BETWEEN {low} AND {high})"
+        f"(topic = {quoted(topic)} AND partition = {partition} AND offset BETWEEN {low} AND {high})"
         for (topic, partition), (low, high) in ranges.items()
     )
 

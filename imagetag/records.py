@@ -201,14 +201,16 @@ def _tag_event_rows(events: pd.DataFrame, model: Any, settings: Settings) -> lis
     is dead-lettered (``internal_error`` at stage ``serialize``), never raised."""
     if not len(events):
         return []
-    by_id = {event["id"]: event for event in events.to_dict("records")}
+    # Results find their event by Kafka coordinates (tag_batch passes them through) and id: the
+    # same image twice in one batch is two records, each dead-lettered with its own.
+    by_place = {_place(event): event for event in events.to_dict("records")}
     tagged, review, undecodable = _tag(
         events.drop(columns=["kafka_key", "kafka_value"]), model, settings
     )
     out: list[OutputRow] = []
     for kind, frame in (("tagged", tagged), ("review", review), ("dead", undecodable)):
         for row in frame.to_dict("records"):
-            event = by_id[row["id"]]
+            event = by_place[_place(row)]
             try:
                 out.append(_output_row(kind, row, event, settings))
             except Exception as exc:  # isolation: this record, and only it, is dead
@@ -216,6 +218,10 @@ def _tag_event_rows(events: pd.DataFrame, model: Any, settings: Settings) -> lis
                     _dead_output(event, "serialize", INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
                 )
     return out
+
+
+def _place(row: dict[str, Any]) -> tuple[str, int, int, str]:
+    return (str(row["topic"]), int(row["partition"]), int(row["offset"]), str(row["id"]))
 
 
 def _tag(
@@ -241,17 +247,10 @@ def _tag(
         except Exception as exc:
             row = one.iloc[0]
             err = internal_error("tag", exc, bytes(row["image"] or b""))
-            dead = pd.DataFrame(
-                [
-                    {
-                        "id": row["id"],
-                        "image": err.original,
-                        "stage": err.stage,
-                        "reason": err.reason,
-                        "detail": err.detail,
-                    }
-                ],
-            ).reindex(columns=list(DEAD_COLUMNS))
+            fields = {"stage": err.stage, "reason": err.reason, "detail": err.detail}
+            place = {c: row[c] for c in ("id", "topic", "partition", "offset")}
+            dead = pd.DataFrame([{**place, "image": err.original, **fields}])
+            dead = dead.reindex(columns=[*DEAD_COLUMNS, "topic", "partition", "offset"])
             parts.append((pd.DataFrame(), pd.DataFrame(), dead))
     return tuple(pd.concat([part[i] for part in parts], ignore_index=True) for i in range(3))
 

@@ -139,13 +139,9 @@ def test_a_mixed_corpus_of_1000_records_never_stops_the_stream(
 
 
 def test_backfill_of_the_same_corpus_exits_0_with_the_same_accounting(
-    isolated_settings: Settings, model_store: str, tmp_path: Path
+    stream_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = isolated_settings.derive(
-        model_store=model_store,
-        checkpoint_dir=str(tmp_path / "checkpoints"),
-        archive_dir=str(tmp_path / "archive"),
-    )
+    settings = stream_settings
     items = mixed_corpus(950)
     folder = tmp_path / "corpus"
     folder.mkdir()

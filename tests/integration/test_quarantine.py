@@ -64,7 +64,7 @@ def kafka_rows(local_spark: Any, count: int, poison_at: set[int]) -> Any:
 def test_a_poisoned_batch_is_quarantined_and_the_rest_tagged(
     local_spark: Any, model_settings: Settings, poison_hook: None
 ) -> None:
-    poison = {17, 130}
+    poison = {17, 131}  # the same topic partition (i % 3), far apart
     rows = kafka_rows(local_spark, 200, poison)
     model = CurrentModel(local_spark, model_settings).get()
     started = time.monotonic()

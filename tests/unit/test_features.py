@@ -189,3 +189,37 @@ def test_color_k_by_silhouette() -> None:
     two[10:] = three[25, 0]
     assert best_color_k(two) == 2
     assert choose_color_k([three, three, two]) == 3
+
+
+# -- tiny and thin images (every valid image goes through every step) ---------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 2, 3), (2, 1, 3), (1, 1)])
+def test_dominant_colors_of_a_pixel_or_two(shape: tuple[int, ...]) -> None:
+    # OpenCV's KMeans of a single pixel returned centres of the wrong shape: ValueError.
+    image = np.zeros(shape, np.uint8)
+    image[0, 0] = 200
+    colours = dominant_colors(image, k=4)
+    assert [fraction for _, fraction in colours] == pytest.approx(
+        [1.0] if image.size in (1, 3) else [0.5, 0.5]
+    )
+
+
+def test_dominant_colors_with_as_many_colours_as_k_are_exact() -> None:
+    image = np.array([[(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 0, 255)]], np.uint8)
+    assert dominant_colors(image, k=3) == [
+        ("#ff0000", 0.5),
+        ("#00ff00", 0.25),
+        ("#0000ff", 0.25),
+    ]
+
+
+@pytest.mark.parametrize("name", ["sift", "orb", "dense-sift"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 57), (57, 1), (2, 3000), (3000, 2), (3, 5000)])
+def test_featurizers_take_tiny_and_thin_images(name: str, shape: tuple[int, int]) -> None:
+    # ORB's pyramid shrank a strip fitted into max_side (3 x 5000 -> 1 x 640) to 0 rows, and
+    # OpenCV's resize raised an assertion.
+    noise = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    featurizer = get_featurizer(name)
+    features = featurizer.extract(noise)
+    _check(features, featurizer.dim)

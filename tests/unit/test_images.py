@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -185,6 +187,59 @@ def test_exif_orientation_is_applied() -> None:
     assert image.pixels[12:].mean() < 15
 
 
+def test_orientation_applies_to_alpha_png() -> None:
+    """OpenCV ignores EXIF when reading unchanged (alpha): the decoder turns it itself."""
+    from PIL import Image
+
+    rgba = np.zeros((20, 40, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[:, :10, :3] = 255  # white band on the left, stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to show
+    out = io.BytesIO()
+    Image.fromarray(rgba).save(out, "PNG", exif=exif)
+    image = decode_image(out.getvalue(), LIMITS)
+    assert (image.width, image.height) == (20, 40)
+    assert image.pixels[:8].mean() > 240 and image.pixels[12:].mean() < 15
+
+
+def test_jpeg_with_data_after_its_end() -> None:
+    """A motion photo: a video after the EOI, holding start-of-scan but no end-of-image bytes."""
+    data = _encode(".jpg", _picture()) + b"ftypmp42\xff\xda\x00\x08" + bytes(range(256))
+    assert decode_image(data, LIMITS).pixels.shape == (30, 40, 3)
+
+
+def test_jpeg_with_stray_bytes_between_segments() -> None:
+    jpeg = _encode(".jpg", _picture())
+    dqt = jpeg.find(b"\xff\xdb")
+    assert decode_image(jpeg[:dqt] + b"\x00\x00" + jpeg[dqt:], LIMITS).width == 40
+
+
+def test_png_with_data_after_iend() -> None:
+    data = _encode(".png", _picture()) + b"old pixels a cropping tool left behind" * 10
+    assert np.array_equal(decode_image(data, LIMITS).pixels, _picture())
+
+
+def test_bmp_whose_alpha_is_all_zero_is_opaque() -> None:
+    from imagetag.testing.corpus import odd_images
+
+    data = bytearray(odd_images()["bmp_32bit_v5_alpha"])
+    (offset,) = struct.unpack_from("<I", data, 10)
+    data[offset + 3 :: 4] = bytes(len(data[offset + 3 :: 4]))  # every alpha byte 0
+    image = decode_image(bytes(data), LIMITS)
+    assert image.pixels.mean() < 250  # not composited into white
+
+
+def test_float_tiff_is_stretched_to_8_bits() -> None:
+    ramp = np.linspace(-1.0, 3.0, 30 * 40, dtype=np.float32).reshape(30, 40)
+    ramp[0, 0], ramp[0, 1] = np.nan, np.inf
+    image = decode_image(_encode(".tiff", ramp), LIMITS)
+    assert image.pixels.dtype == np.uint8
+    assert image.pixels[-1, -1, 0] == 255  # the largest finite value
+    assert image.pixels[0, 2, 0] == 0  # the smallest
+    assert (image.pixels[0, :2] == 0).all()  # NaN, infinity
+
+
 def test_thumbnail_is_a_small_jpeg() -> None:
     image = decode_image(_encode(".png", _picture(300, 400)), LIMITS)
     thumb = decode_image(make_thumbnail(image, max_side=64), LIMITS)
@@ -206,6 +261,23 @@ def test_too_many_bytes() -> None:
 @pytest.mark.parametrize("data", [b"hello world, not an image", b"\x00" * 64, b"BM" + b"x" * 30])
 def test_not_an_image(data: bytes) -> None:
     assert _reason(data) == "not_an_image"
+
+
+def test_unsupported_format_names_it() -> None:
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(32)
+    with pytest.raises(ImageRejected) as info:
+        decode_image(heic, LIMITS)
+    assert (info.value.reason, info.value.detail) == ("unsupported_format", "HEIC is not supported")
+    assert info.value.original == heic
+    assert _reason(b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>') == (
+        "unsupported_format"
+    )
+
+
+def test_png_whose_first_chunk_is_not_ihdr_is_corrupt() -> None:
+    data = _encode(".png", _picture())
+    text = b"\x00\x00\x00\x03tEXta\x00b" + struct.pack(">I", zlib.crc32(b"tEXta\x00b"))
+    assert _reason(data[:8] + text + data[8:]) == "corrupt"
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".gif", ".bmp", ".tiff", ".webp"])
