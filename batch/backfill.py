@@ -1067,15 +1067,36 @@ class Backfill:
             [spark_path(p) for s in splits for p in s.paths]
         )
         max_bytes = self.settings.limits.max_bytes
-        oversize = files.where(F.col("length") > max_bytes).select("path", "length").collect()
+        listing = files.select("path", "length").collect()  # no content read
+        oversize = [row for row in listing if row.length > max_bytes]
         for row in oversize:
             log.warning("%s: %d bytes over limits.max_bytes, not read", row.path, row.length)
         self.summary.refused += len(oversize)
         root, topic, stamp = self.path, self.topic_label, self.stamp_ms
         by_folder = self.options.label_from_folder
-        return files.where(F.col("length") <= max_bytes).mapInPandas(
+        rows = files.where(F.col("length") <= max_bytes).mapInPandas(
             lambda it: folder_rows(it, places, root, topic, stamp, by_folder), KAFKA_SCHEMA
         )
+        # Spark's file scans skip empty files; they are records too (dead letters, `empty`).
+        present = {from_hadoop(row.path) for row in listing}
+        empty = [
+            event_row(
+                b"",
+                source=file_uri(path),
+                label=None,
+                metadata={"dataset": "folder", "name": path},
+                produced_at_ms=stamp,
+                topic=topic,
+                partition=index,
+                offset=offset,
+                timestamp_ms=stamp,
+            )
+            for path, (index, offset) in places.items()
+            if path not in present
+        ]
+        if empty:
+            rows = rows.unionByName(self.spark.createDataFrame(rows_frame(empty), KAFKA_SCHEMA))
+        return rows
 
     def _read_parquet(self, splits: Sequence[Split]) -> DataFrame:
         from pyspark.sql import functions as F
