@@ -570,8 +570,7 @@ def parquet_rows(
         for data, label, path, row_index in zip(
             frame["image"], labels, frame["file_path"], frame["row_index"], strict=True
         ):
-            if data is None:
-                continue
+            data = b"" if data is None else data  # a null image is a dead letter (empty), not lost
             key = from_uri(path)
             rows.append(
                 event_row(
