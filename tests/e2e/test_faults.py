@@ -134,7 +134,11 @@ def test_a_mixed_corpus_of_1000_records_never_stops_the_stream(
     assert RESTART not in stream.log(), "a query restarted"
     assert "Traceback" not in stream.log()
     reasons = Counter(d["reason"] for d in letters.values())
-    print(f"{len(items)} images + {len(bad)} garbage: dead by reason {dict(reasons)}")
+    review = len(topic_records(stream_settings, stream_settings.kafka.topic_review))
+    print(
+        f"{len(items)} images + {len(bad)} garbage: {sent - len(letters) - review} in Solr,"
+        f" {review} in review, {len(letters)} dead by reason {dict(reasons)}"
+    )
     assert stream.stop() == 0
 
 
@@ -157,6 +161,10 @@ def test_backfill_of_the_same_corpus_exits_0_with_the_same_accounting(
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    print(
+        "backfill of the corpus folder:",
+        {k: summary[k] for k in ("images", "tagged", "review", "dead", "quarantined", "seconds")},
+    )
     assert summary["images"] == len(items)
     assert summary["tagged"] + summary["review"] + summary["dead"] == len(items)
     assert summary["quarantined"] == 0
