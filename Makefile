@@ -51,10 +51,12 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit -q
 
+# lint-imports: the layer contract in pyproject.toml ([tool.importlinter]); no cache folder.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy imagetag producers streaming batch bench tests
+	$(BIN)/lint-imports --no-cache
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,7 +1,10 @@
 """Backfill: tag a historical corpus with Spark, through the stream's own code path.
 
     imagetag backfill SOURCE [--since DATE] [--retag older|review|all] [...]
-    spark-submit --py-files imagetag.zip batch/backfill.py SOURCE [...]
+    spark-submit --py-files deps.zip submit.py backfill SOURCE [...]
+
+``run(settings, BackfillOptions(...))`` is the job (``imagetag.commands.backfill`` turns the
+command line into the options); ``run_backfill`` runs it in a Spark session the caller owns.
 
 SOURCE is read with Spark into *Kafka-shaped rows* (``key`` = image id, ``value`` = an Avro
 ImageEvent, ``topic``/``partition``/``offset`` = where the record came from, ``timestamp`` =
@@ -51,7 +54,6 @@ model's tags.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import hashlib
@@ -67,29 +69,37 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
-from imagetag.commands.backfill import KINDS, RETAG_MODES, add_arguments
-from imagetag.errors import ConfigError, ImagetagError
+from imagetag.contracts import BACKFILL_ARCHIVE_SCHEMA, KAFKA_COLUMNS, KAFKA_SCHEMA
+from imagetag.errors import ConfigError, ImagetagError, NoModelError, ServiceError
 from imagetag.formats import CONTENT_TYPES, sniff_format
+from imagetag.hadoop import (
+    archive_roots,
+    canonical,
+    file_uri,
+    from_hadoop,
+    from_uri,
+    is_uri,
+    parquet_files,
+    spark_path,
+)
 from imagetag.settings import Settings
-from imagetag.sinks import TransactionalSink
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
+    from imagetag.sinks import TransactionalSink
+
 log = logging.getLogger("imagetag.backfill")
 
-KAFKA_COLUMNS = ["key", "value", "topic", "partition", "offset", "timestamp"]
-KAFKA_SCHEMA = (
-    "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
-)
+# Source formats (``--format``; sniffed when not given) and re-tag modes (``--retag``).
+KINDS = ("archive", "folder", "parquet", "sequencefile", "cifar", "tiny", "kafka")
+RETAG_MODES = ("older", "review", "all")
 # Default split sizes: records for tiny / cifar / kafka, files for folders, bytes for Parquet.
 DEFAULT_SPLIT_RECORDS = {"tiny": 5000, "cifar": 5000, "kafka": 5000, "folder": 1000}
 DEFAULT_SPLIT_BYTES = 64 * 1024 * 1024
-BACKFILL_ARCHIVE = "_backfill"  # under archive_dir; hidden from readers of the stream's sink
-_GLOB_CHARS = "\\{}[]*?"
 
 
 class BackfillError(ImagetagError):
@@ -101,7 +111,11 @@ class BackfillError(ImagetagError):
 
 @dataclass(frozen=True)
 class BackfillOptions:
-    """What to backfill and how. ``kind`` None = sniffed from ``source``."""
+    """What to backfill and how. ``kind`` None = sniffed from ``source``.
+
+    Raises ConfigError when an option is out of range (an unknown ``kind`` or ``retag``, a
+    split size, round size or batch size below 1, a negative ``max_splits``).
+    """
 
     source: str = "archive"
     kind: str | None = None
@@ -121,6 +135,22 @@ class BackfillOptions:
     batch_size: int = 500  # Arrow records per batch handed to tag_batch
     progress: bool | None = None  # None: only on a terminal
     fresh: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise ConfigError(f"unknown source format {self.kind!r}: one of {', '.join(KINDS)}")
+        if self.retag is not None and self.retag not in RETAG_MODES:
+            raise ConfigError(f"retag must be one of {', '.join(RETAG_MODES)}, not {self.retag!r}")
+        for name, minimum in (
+            ("split_size", 1),
+            ("split_bytes", 1),
+            ("splits_per_round", 1),
+            ("max_splits", 0),
+            ("batch_size", 1),
+        ):
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -220,54 +250,7 @@ class BackfillSummary:
         )
 
 
-# -- pure helpers: paths, sniffing, planning -----------------------------------------------
-
-
-def is_uri(path: str) -> bool:
-    """True for ``scheme://...`` (HDFS, S3, ...) paths; False for local paths and ``file:``."""
-    head, sep, _ = path.partition("://")
-    return bool(sep) and head.isalnum() and len(head) > 1 and head != "file"
-
-
-def from_hadoop(path: str) -> str:
-    """Our canonical form of a path Hadoop spells *decoded* (``Path.toString()``, the
-    binaryFile ``path`` column): a plain local path (``/a b[1].png``) or a decoded URI."""
-    if path.startswith("file:"):
-        path = path[5:]
-        if path.startswith("///"):
-            path = path[2:]
-    return path
-
-
-def from_uri(uri: str) -> str:
-    """Our canonical form of a path Spark spells as an *encoded* URI (``inputFiles()``,
-    ``_metadata.file_path``: ``file:///a%20b%5B1%5D.png``)."""
-    return unquote(from_hadoop(uri))
-
-
-def canonical(path: str) -> str:
-    """Canonical form of a user-given path: absolute for a local one."""
-    if is_uri(path):
-        return path.rstrip("/")
-    return os.path.abspath(from_hadoop(path))
-
-
-def hadoop_uri(path: str) -> str:
-    """A canonical path as Hadoop's ``Path`` takes it (decoded, not a pattern)."""
-    return path if is_uri(path) else "file://" + path
-
-
-def spark_path(path: str) -> str:
-    """A canonical path as Spark's readers take it literally: glob characters escaped."""
-    uri = hadoop_uri(path)
-    scheme, _, rest = uri.partition("://")
-    return scheme + "://" + "".join("\\" + c if c in _GLOB_CHARS else c for c in rest)
-
-
-def file_uri(path: str) -> str:
-    """The ``file:///`` URI of a canonical local path (percent-encoded, as the producer writes
-    sources); a URI is returned as it is."""
-    return path if is_uri(path) else Path(path).as_uri()
+# -- pure helpers: sniffing, planning -----------------------------------------------------
 
 
 def sniff_kind(source: str) -> str:
@@ -378,14 +361,6 @@ def plan_kafka_ranges(
             count = min(split_size, high - start)
             splits.append(Split(len(splits), "kafka", (topic,), start, count, part=partition))
     return splits
-
-
-def ingest_date_of(path: str) -> str | None:
-    """``YYYY-MM-DD`` from an ``ingest_date=YYYY-MM-DD`` folder in a path, or None."""
-    for part in path.split("/"):
-        if part.startswith("ingest_date="):
-            return part.split("=", 1)[1]
-    return None
 
 
 def rounds(splits: Sequence[Split], size: int) -> Iterator[list[Split]]:
@@ -839,46 +814,6 @@ def list_folder(spark: SparkSession, root: str, glob: str | None) -> list[str]:
     return sorted(from_uri(u) for u in reader.load(spark_path(root)).inputFiles())
 
 
-def list_data_files(spark: SparkSession, root: str) -> list[tuple[str, int, int]]:
-    """(canonical path, size, modification time) of the data files under ``root``, listed with Hadoop's
-    FileSystem (so any filesystem Spark reads works). Names starting with ``_`` or ``.`` below
-    ``root`` (``_SUCCESS``, ``.crc``, ``_spark_metadata``, ``_backfill``) are skipped, as
-    Spark's readers skip them."""
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    path = jvm.org.apache.hadoop.fs.Path(hadoop_uri(root))  # type: ignore[union-attr]
-    fs = path.getFileSystem(conf)
-    if not fs.exists(path):
-        return []
-    base = from_hadoop(fs.makeQualified(path).toString()).rstrip("/") + "/"
-    out: list[tuple[str, int, int]] = []
-    files = fs.listFiles(path, True)
-    while files.hasNext():
-        status = files.next()
-        found = from_hadoop(str(status.getPath().toString()))
-        relative = found[len(base) :] if found.startswith(base) else found
-        if any(part.startswith(("_", ".")) for part in relative.split("/")):
-            continue
-        out.append((found, int(status.getLen()), int(status.getModificationTime())))
-    return out
-
-
-def committed_files(spark: SparkSession, root: str) -> set[str] | None:
-    """Canonical paths of the files a streaming file sink committed under ``root`` (its
-    ``_spark_metadata`` log), or None when ``root`` is not a sink's output."""
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    log_dir = jvm.org.apache.hadoop.fs.Path(hadoop_uri(root.rstrip("/") + "/_spark_metadata"))  # type: ignore[union-attr]
-    if not log_dir.getFileSystem(conf).exists(log_dir):
-        return None
-    try:
-        return {from_uri(u) for u in spark.read.parquet(spark_path(root)).inputFiles()}
-    except Exception as exc:  # a sink that committed nothing yet: no schema to infer
-        if "UNABLE_TO_INFER_SCHEMA" in str(exc):
-            return set()
-        raise
-
-
 def plan_parquet(
     spark: SparkSession,
     kind: str,
@@ -886,27 +821,15 @@ def plan_parquet(
     split_bytes: int,
     since: dt.date | None = None,
 ) -> list[Split]:
-    """Splits of the Parquet files under ``roots`` (only committed ones for a streaming sink),
-    ordered by ingest date, modification time and path (new files come last, so a restart
-    plans the same splits), of at most ``split_bytes`` bytes each."""
-    files: list[tuple[str, int, str, int]] = []
-    for root in roots:
-        committed = committed_files(spark, root)
-        for uri, size, modified in list_data_files(spark, root):
-            if committed is not None and uri not in committed:
-                continue  # an uncommitted (failed) micro-batch's file
-            if not uri.endswith(".parquet"):
-                continue
-            day = ingest_date_of(uri) or ""
-            if since is not None and day and day < since.isoformat():
-                continue
-            files.append((day, modified, uri, size))
-    files.sort(key=lambda f: (f[0], f[1], f[2]))
-    return plan_file_groups(kind, [(f[2], f[3]) for f in files], max_bytes=split_bytes)
+    """Splits of the Parquet files under ``roots`` (only committed ones for a streaming sink,
+    in ``hadoop.parquet_files``' stable order, so a restart plans the same splits), of at most
+    ``split_bytes`` bytes each."""
+    return plan_file_groups(kind, parquet_files(spark, roots, since), max_bytes=split_bytes)
 
 
 def kafka_watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
-    """(low, high) offsets of every partition of ``topic``."""
+    """(low, high) offsets of every partition of ``topic``. Raises BackfillError when the topic
+    does not exist, ServiceError when Kafka cannot be reached."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     consumer = Consumer(
@@ -926,15 +849,9 @@ def kafka_watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int
             for p in sorted(found.partitions)
         }
     except KafkaException as exc:
-        raise BackfillError(f"kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+        raise ServiceError("kafka", settings.kafka.bootstrap_servers, str(exc)) from exc
     finally:
         consumer.close()
-
-
-def archive_roots(settings: Settings, source_root: str | None = None) -> list[str]:
-    """The stream's archive and the backfill's archive beside it."""
-    root = canonical(source_root or settings.archive_dir)
-    return [root, f"{root}/{BACKFILL_ARCHIVE}"]
 
 
 # -- driver side: reading a round -----------------------------------------------------------
@@ -948,13 +865,8 @@ class Backfill:
         self.settings = settings
         self.options = options
         self.kind = options.kind or sniff_kind(options.source)
-        if self.kind not in KINDS:
-            raise BackfillError(f"unknown source format {self.kind!r}: one of {', '.join(KINDS)}")
-        if options.retag is not None:
-            if options.retag not in RETAG_MODES:
-                raise BackfillError(f"--retag must be one of {', '.join(RETAG_MODES)}")
-            if self.kind != "archive":
-                raise BackfillError("--retag re-tags from the archive: SOURCE must be 'archive'")
+        if options.retag is not None and self.kind != "archive":
+            raise BackfillError("--retag re-tags from the archive: SOURCE must be 'archive'")
         self.path = source_path(options.source, self.kind, settings)
         self.topic_label = f"backfill:{self.kind}"
         self.archive_output = (
@@ -968,9 +880,7 @@ class Backfill:
 
             self.current = ModelStore(settings.model_store, spark).current_version()
             if self.current is None:
-                raise BackfillError(
-                    f"no CURRENT model in {settings.model_store}: nothing to re-tag"
-                )
+                raise NoModelError(settings.model_store, "nothing to re-tag")
         identity = {
             "kind": self.kind,
             "source": self.path,
@@ -1317,6 +1227,8 @@ class Backfill:
         that round's token: Solr gets the same documents again (idempotent) and the review /
         dead-letter records, already committed, are not appended again."""
         if pending and self.sink is None:
+            from imagetag.sinks import TransactionalSink
+
             self.sink = TransactionalSink(self.settings, self.state.sink_id())
         last = self.sink.last_token() if self.sink is not None else None
         written = token_splits(last)
@@ -1361,8 +1273,6 @@ class Backfill:
     def _archive(self, rows: DataFrame, splits: Sequence[Split]) -> None:
         """Append the round's valid ImageEvents to ``archive_dir/_backfill`` (one partition per
         split, replaced when a split is re-done), in the stream's archive columns."""
-        from streaming.job import ARCHIVE_SCHEMA
-
         kafka = self.kind == "kafka"
         table = [(s.part if kafka else s.index, s.start, s.count, s.key) for s in splits]
 
@@ -1373,9 +1283,7 @@ class Backfill:
             return "unknown"
 
         (
-            rows.mapInPandas(
-                lambda it: archive_split_rows(it, split_of), ARCHIVE_SCHEMA + ", split string"
-            )
+            rows.mapInPandas(lambda it: archive_split_rows(it, split_of), BACKFILL_ARCHIVE_SCHEMA)
             .write.mode("overwrite")
             .option("partitionOverwriteMode", "dynamic")
             .partitionBy("ingest_date", "split")
@@ -1422,70 +1330,20 @@ def _progress_bar(total: int, initial: int, enabled: bool | None) -> Any:
 def run_backfill(
     spark: SparkSession, settings: Settings, options: BackfillOptions
 ) -> BackfillSummary:
-    """Plan, tag and write; returns the summary. Raises BackfillError for a bad source or
-    options, ServiceError when Kafka or Solr cannot be reached."""
+    """Plan, tag and write in ``spark``; returns the summary. Raises BackfillError for a source
+    it cannot read or a state folder of another source, NoModelError when the model store has
+    no CURRENT model, ServiceError when Kafka or Solr cannot be reached."""
     return Backfill(spark, settings, options).run()
 
 
-# -- command line (the parser lives in imagetag.commands.backfill) ------------------------
-
-
-def options_from_args(args: argparse.Namespace) -> BackfillOptions:
-    for name in ("split_size", "splits_per_round", "max_splits", "batch_size", "split_mb"):
-        value = getattr(args, name, None)
-        if value is not None and value < (0 if name == "max_splits" else 1):
-            raise BackfillError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    return BackfillOptions(
-        source=args.source,
-        kind=args.kind,
-        since=args.since,
-        retag=args.retag,
-        state_dir=args.state,
-        split_size=args.split_size,
-        split_bytes=args.split_mb * 1024 * 1024,
-        splits_per_round=args.splits_per_round,
-        max_splits=args.max_splits,
-        glob=args.glob,
-        label_from_folder=args.label_from == "folder",
-        bytes_column=args.bytes_column,
-        label_column=args.label_column,
-        archive=args.archive,
-        batch_size=args.batch_size,
-        progress=False if args.no_progress else None,
-        fresh=args.fresh,
-    )
-
-
-def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Run a backfill from parsed arguments and print the summary (it says how many splits
-    are left when ``--max-splits`` stopped it early). Returns the exit code, 0."""
+def run(settings: Settings, options: BackfillOptions) -> BackfillSummary:
+    """The backfill job in its own Spark session (stopped at the end): what ``imagetag
+    backfill`` runs. Raises as ``run_backfill`` does."""
     from imagetag.spark import spark_session
 
-    options = options_from_args(args)
     spark = spark_session(settings, "imagetag-backfill")
     try:
-        summary = run_backfill(spark, settings, options)
-    except RuntimeError as exc:
-        if "no model" in str(exc):
-            raise ConfigError(str(exc)) from exc
-        raise
+        return run_backfill(spark, settings, options)
     finally:
         with contextlib.suppress(Exception):
             spark.stop()
-    print(json.dumps(summary.as_dict(), sort_keys=True) if args.json else summary.format())
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: settings from the environment / imagetag.yaml."""
-    from batch.entry import job_main
-
-    return job_main("backfill", __doc__, add_arguments, run_command, argv)
-
-
-if __name__ == "__main__":
-    # Run as ``batch.backfill`` so that the executor functions pickle by reference.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from batch.backfill import main as _main
-
-    sys.exit(_main())

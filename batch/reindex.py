@@ -1,7 +1,10 @@
 """Blue/green re-indexing: rebuild the Solr index in a new collection, then move the alias.
 
     imagetag reindex [--drop-old] [SOURCE]
-    spark-submit --py-files imagetag.zip batch/reindex.py [--drop-old]
+    spark-submit --py-files deps.zip submit.py reindex [--drop-old]
+
+``run(settings, ReindexOptions(...))`` is the job (``imagetag.commands.reindex`` turns the
+command line into the options); ``reindex`` does it in a Spark session the caller owns.
 
 For a changed schema (``solr_config/``) or a full rebuild with the current model:
 
@@ -23,19 +26,15 @@ over).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.backfill import BackfillOptions, BackfillSummary, run_backfill
-from imagetag.commands.reindex import add_arguments
-from imagetag.errors import ImagetagError
+from imagetag.errors import ConfigError, ImagetagError
 from imagetag.settings import Settings
 from imagetag.solr_admin import SolrAdmin
 
@@ -47,6 +46,30 @@ log = logging.getLogger("imagetag.reindex")
 
 class ReindexError(ImagetagError):
     """The new collection is not fit to serve: the alias was left where it was."""
+
+
+@dataclass(frozen=True)
+class ReindexOptions:
+    """What to rebuild the index from and what to do around the switch.
+
+    ``min_fraction``: switch only if the new collection holds at least this fraction of the
+    old one's documents (0: whatever it holds). ``max_splits`` / ``progress`` are passed to the
+    backfill that fills the new collection. Raises ConfigError for a ``min_fraction`` outside
+    [0, 1] or a negative ``max_splits``.
+    """
+
+    source: str = "archive"
+    drop_old: bool = False
+    fresh: bool = False
+    min_fraction: float = 0.9
+    max_splits: int | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_fraction <= 1:
+            raise ConfigError(f"min_fraction must be in [0, 1], got {self.min_fraction}")
+        if self.max_splits is not None and self.max_splits < 0:
+            raise ConfigError(f"max_splits must be at least 0, got {self.max_splits}")
 
 
 @dataclass
@@ -174,37 +197,24 @@ def reindex(
     return result
 
 
-def run_command(args: argparse.Namespace, settings: Settings) -> int:
+def run(settings: Settings, options: ReindexOptions) -> ReindexResult:
+    """The reindex job in its own Spark session (stopped at the end): what ``imagetag
+    reindex`` runs. Raises as ``reindex`` does."""
     from imagetag.spark import spark_session
 
     spark = spark_session(settings, "imagetag-reindex")
     try:
-        result = reindex(
+        return reindex(
             spark,
             settings,
-            source=args.source,
-            drop_old=args.drop_old,
-            fresh=args.fresh,
-            min_fraction=args.min_fraction,
+            source=options.source,
+            drop_old=options.drop_old,
+            fresh=options.fresh,
+            min_fraction=options.min_fraction,
             backfill_options=BackfillOptions(
-                max_splits=args.max_splits, progress=False if args.no_progress else None
+                max_splits=options.max_splits, progress=options.progress
             ),
         )
     finally:
         with contextlib.suppress(Exception):
             spark.stop()
-    print(json.dumps(result.as_dict(), sort_keys=True) if args.json else result.format())
-    return 0 if result.switched else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: settings from the environment / imagetag.yaml."""
-    from batch.entry import job_main
-
-    return job_main("reindex", __doc__, add_arguments, run_command, argv)
-
-
-if __name__ == "__main__":
-    from batch.reindex import main as _main
-
-    sys.exit(_main())

@@ -1,7 +1,10 @@
 """Periodic retraining: train on the labelled corpus, promote only if better, re-tag.
 
     imagetag retrain --data fashion-mnist [--every 1d] [--retag all]
-    spark-submit --py-files imagetag.zip batch/retrain.py --data hdfs-mounted/corpus ...
+    spark-submit --py-files deps.zip submit.py retrain --data hdfs-mounted/corpus ...
+
+``run(settings, RetrainOptions(...))`` is the job (``imagetag.commands.retrain`` turns the
+command line into the options); ``retrain_once`` is one run in a Spark session the caller owns.
 
 One run:
 
@@ -24,25 +27,22 @@ stop it between runs. For cron, run it without ``--every`` (see the README).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import hashlib
-import json
 import logging
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagetag.commands.retrain import add_arguments, parse_duration
-from imagetag.errors import ImagetagError
+from batch.backfill import RETAG_MODES
+from imagetag.errors import ConfigError, ImagetagError
 from imagetag.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,14 +68,43 @@ class RetrainError(ImagetagError):
     """No labelled data to train on, or a configured training set cannot be read."""
 
 
+# The TrainOptions a retrain sets itself: the corpus it built and its promotion policy.
+_TRAIN_OWN = ("data", "promote")
+
+
 @dataclass(frozen=True)
 class RetrainOptions:
+    """What a retrain trains on, what it re-tags after a promotion, and how often it runs.
+
+    Raises ConfigError for an unknown ``retag`` mode, ``train`` settings that are not valid
+    ``TrainOptions`` fields and values, a non-positive ``every_s`` or ``max_runs``.
+    """
+
     data: tuple[str, ...] = ()
     archive_labels: bool = True
-    retag: str | None = "all"  # None: do not re-tag after a promotion
+    retag: str | None = "all"  # older | review | all; None: do not re-tag after a promotion
     train: dict[str, Any] = field(default_factory=dict)  # TrainOptions fields (k, trees, ...)
     force: bool = False  # train even when the corpus did not change
     progress: bool | None = None
+    every_s: float | None = None  # None: run once; else now and then every every_s seconds
+    max_runs: int | None = None  # with every_s: stop after this many runs
+
+    def __post_init__(self) -> None:
+        from batch.train import TrainOptions
+
+        if self.retag is not None and self.retag not in RETAG_MODES:
+            raise ConfigError(
+                f"retag must be one of {', '.join(RETAG_MODES)} or None, not {self.retag!r}"
+            )
+        known = {f.name for f in fields(TrainOptions)} - set(_TRAIN_OWN)
+        unknown = sorted(set(self.train) - known)
+        if unknown:
+            raise ConfigError(f"train: not training options: {', '.join(unknown)}")
+        TrainOptions(data="-", **self.train)  # raises ConfigError for a bad value
+        if self.every_s is not None and not self.every_s > 0:
+            raise ConfigError(f"every_s must be > 0, got {self.every_s}")
+        if self.max_runs is not None and self.max_runs < 1:
+            raise ConfigError(f"max_runs must be at least 1, got {self.max_runs}")
 
 
 @dataclass
@@ -209,10 +238,9 @@ def export_partition(folder: str) -> Callable[[Iterable[pd.DataFrame]], Iterator
 def archive_rows(spark: SparkSession, settings: Settings, work: Path) -> list[tuple[str, str]]:
     """Export the archived images that carry a label (stream archive + backfill archive) as
     files under ``work/archive``; returns their (path, label)."""
-    from batch.backfill import archive_roots, plan_parquet, spark_path
+    from imagetag.hadoop import archive_roots, parquet_files, spark_path
 
-    splits = plan_parquet(spark, "archive", archive_roots(settings), 1 << 62)
-    files = [p for s in splits for p in s.paths]
+    files = [path for path, _ in parquet_files(spark, archive_roots(settings))]
     if not files:
         return []
     folder = str((work / "archive").resolve())
@@ -319,66 +347,52 @@ class Schedule:
         return runs
 
 
-def options_from_args(args: argparse.Namespace) -> RetrainOptions:
-    train: dict[str, Any] = {}
-    for name in ("k", "trees", "depth", "levels", "limit", "sample_size", "featurizer", "seed"):
-        value = getattr(args, name, None)
-        if value is not None:
-            train[name] = value
-    return RetrainOptions(
-        data=tuple(args.data or ()),
-        archive_labels=not args.no_archive_labels,
-        retag=None if args.retag == "none" else args.retag,
-        train=train,
-        force=args.force,
-        progress=False if args.no_progress else None,
-    )
+@dataclass
+class RetrainSummary:
+    """What ``run`` did: how many runs, how many of them failed (scheduled runs only: a single
+    run raises instead), the last run's result."""
+
+    runs: int = 0
+    failures: int = 0
+    last: RetrainResult | None = None
 
 
-def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``imagetag retrain``: once, or every ``--every``; prints each run's result. A scheduled
-    run gets its own Spark session, stopped afterwards (nothing held between runs); a failed
-    scheduled run is logged and the schedule goes on (exit code 1 at the end)."""
+def run(
+    settings: Settings,
+    options: RetrainOptions,
+    on_result: Callable[[RetrainResult], None] | None = None,
+) -> RetrainSummary:
+    """The retrain job: once, or now and then every ``options.every_s`` in the foreground
+    (SIGTERM / SIGINT stop it between runs). ``on_result`` gets each run's result as it
+    finishes. Each run gets its own Spark session, stopped afterwards (nothing held between
+    runs). A single run raises what ``retrain_once`` raises; a failed scheduled run is logged
+    and counted, and the schedule goes on."""
     from imagetag.spark import spark_session
 
-    options = options_from_args(args)
-    interval = parse_duration(args.every) if args.every else None
-    failures = 0
+    summary = RetrainSummary()
 
     def job() -> None:
-        nonlocal failures
+        summary.runs += 1
         spark = spark_session(settings, "imagetag-retrain")
         try:
             result = retrain_once(spark, settings, options)
         except ImagetagError as exc:
-            if interval is None:
+            if options.every_s is None:
                 raise
-            failures += 1
+            summary.failures += 1
             log.error("retrain failed: %s (next run as scheduled)", exc)
             return
         finally:
             with contextlib.suppress(Exception):
                 spark.stop()
-        print(json.dumps(result.as_dict(), sort_keys=True) if args.json else result.format())
-        sys.stdout.flush()
+        summary.last = result
+        if on_result is not None:
+            on_result(result)
 
-    if interval is None:
+    if options.every_s is None:
         job()
     else:
-        schedule = Schedule(interval)
+        schedule = Schedule(options.every_s)
         schedule.install_signals()
-        schedule.run(job, args.max_runs)
-    return 1 if failures else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: settings from the environment / imagetag.yaml."""
-    from batch.entry import job_main
-
-    return job_main("retrain", __doc__, add_arguments, run_command, argv)
-
-
-if __name__ == "__main__":
-    from batch.retrain import main as _main
-
-    sys.exit(_main())
+        schedule.run(job, options.max_runs)
+    return summary

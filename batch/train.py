@@ -1,7 +1,7 @@
 """The training job: corpus -> descriptors -> visual dictionary -> forest -> evaluated bundle.
 
-Run it as ``imagetag train --data SOURCE ...`` or with ``spark-submit batch/train.py --data
-SOURCE ...`` (same arguments, same code).
+Run it as ``imagetag train --data SOURCE ...`` or with ``spark-submit submit.py train --data
+SOURCE ...`` (the same command); from Python, ``train(settings, TrainOptions(...))``.
 
 Stages (each printed with its wall time):
 
@@ -27,13 +27,10 @@ OpenCV runs single-threaded in each Python worker (Spark already runs one per co
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import math
 import os
 import resource
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,10 +49,16 @@ from imagetag.bundle import (
     ModelStore,
     build_manifest,
 )
-from imagetag.commands.train import add_arguments
-from imagetag.dictionary import VisualDictionary
-from imagetag.errors import ImagetagError, RecordError
-from imagetag.features import Featurizer, choose_color_k, get_featurizer, single_threaded_opencv
+from imagetag.contracts import SHARD_COLUMNS, SHARD_SCHEMA
+from imagetag.dictionary import NORMALIZATIONS, POOLINGS, VisualDictionary
+from imagetag.errors import ConfigError, ImagetagError, RecordError
+from imagetag.features import (
+    FEATURIZERS,
+    Featurizer,
+    choose_color_k,
+    get_featurizer,
+    single_threaded_opencv,
+)
 from imagetag.forest import Forest
 from imagetag.settings import ImageLimits, Settings
 
@@ -65,6 +68,12 @@ if TYPE_CHECKING:
 FASHION_MNIST = "fashion-mnist"
 SHARD_SIZE = 1000  # records per shard: the unit of parallelism of the read stages
 IMAGE_EXTENSIONS = ("*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.tif", "*.tiff", "*.webp")
+# When a trained bundle becomes CURRENT: always (the default), only if it beats CURRENT on the
+# held-out split, or never.
+PROMOTE_POLICIES = ("always", "if-better", "never")
+# The featurizers of imagetag.features' registry, the default first.
+DEFAULT_FEATURIZER = "dense-sift"
+FEATURIZER_NAMES = (DEFAULT_FEATURIZER, *(n for n in FEATURIZERS if n != DEFAULT_FEATURIZER))
 
 
 class TrainError(ImagetagError):
@@ -76,10 +85,14 @@ class TrainError(ImagetagError):
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Everything a training run is parameterised by (recorded in the manifest)."""
+    """Everything a training run is parameterised by (recorded in the manifest).
+
+    Raises ConfigError for a value the job cannot use (an unknown featurizer, pooling,
+    normalization or promotion policy, a count below its minimum, a fraction outside (0, 1)).
+    """
 
     data: str
-    featurizer: str = "dense-sift"
+    featurizer: str = DEFAULT_FEATURIZER
     featurizer_params: dict[str, Any] = field(default_factory=dict)
     k: int = 256
     levels: int = 2
@@ -99,38 +112,43 @@ class TrainOptions:
     promote: str = "always"  # always | if-better | never
     seed: int = 1
 
-
-def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    params: dict[str, Any] = {}
-    for item in args.featurizer_param:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise TrainError(f"--featurizer-param expects NAME=VALUE, got {item!r}")
-        try:
-            params[name.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            params[name.strip().replace("-", "_")] = value
-    return TrainOptions(
-        data=args.data,
-        featurizer=args.featurizer,
-        featurizer_params=params,
-        k=args.k,
-        levels=args.levels,
-        neighbors=args.neighbors,
-        pooling=args.pooling,
-        normalization=args.normalization,
-        trees=args.trees,
-        depth=args.depth,
-        max_bins=args.max_bins,
-        min_instances=args.min_instances,
-        subsampling=args.subsampling,
-        sample_size=args.sample_size,
-        kmeans_iterations=args.kmeans_iterations,
-        limit=args.limit,
-        test_fraction=args.test_fraction,
-        promote=args.promote,
-        seed=args.seed,
-    )
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("data must name a training set (fashion-mnist, a folder, a CSV)")
+        for name, allowed in (
+            ("featurizer", FEATURIZER_NAMES),
+            ("pooling", POOLINGS),
+            ("normalization", NORMALIZATIONS),
+            ("promote", PROMOTE_POLICIES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
+                )
+        for name, minimum in (
+            ("k", 1),
+            ("levels", 1),
+            ("neighbors", 1),
+            ("trees", 1),
+            ("depth", 0),
+            ("max_bins", 2),
+            ("min_instances", 1),
+            ("sample_size", 1),
+            ("descriptors_per_image", 1),
+            ("kmeans_iterations", 1),
+            ("limit", 1),
+        ):
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if self.levels > 4:
+            raise ConfigError(f"levels must be 1..4, got {self.levels}")
+        if self.neighbors > self.k:
+            raise ConfigError(f"neighbors must be 1..k ({self.k}), got {self.neighbors}")
+        if not 0 < self.subsampling <= 1:
+            raise ConfigError(f"subsampling must be in (0, 1], got {self.subsampling}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
 # -- progress and memory -----------------------------------------------------------------------
@@ -283,11 +301,6 @@ class MemoryWatch:
 
 # What mapInPandas is given: batches of input rows in, batches of output rows out.
 MapFunction = Callable[[Iterable[pd.DataFrame]], Iterator[pd.DataFrame]]
-
-SHARD_SCHEMA = (
-    "shard long, split string, kind string, path string, labels_path string, "
-    "start long, count long, files array<string>, file_labels array<string>"
-)
 
 
 @dataclass
@@ -774,7 +787,7 @@ def train(
                     f"{corpus.counts['test']} test records in {len(corpus.shards)} shards"
                 )
                 shards = spark.createDataFrame(
-                    pd.DataFrame(corpus.shards)[[*_schema_names(SHARD_SCHEMA)]], SHARD_SCHEMA
+                    pd.DataFrame(corpus.shards)[list(SHARD_COLUMNS)], SHARD_SCHEMA
                 )
                 shards = shards.repartition(len(corpus.shards), "shard")
                 train_shards = shards.filter(F.col("split") == "train")
@@ -954,10 +967,6 @@ def train(
             spark.stop()
 
 
-def _schema_names(schema: str) -> list[str]:
-    return [part.strip().split()[0] for part in schema.split(",") if part.strip()]
-
-
 def _choose_color_k(corpus: Corpus, limits: ImageLimits, images: int = 60) -> int:
     """k for dominant colours: silhouette-best k over a few training images (driver side:
     ``images`` records read from the first training shard only)."""
@@ -1020,9 +1029,7 @@ def _current_accuracy(
     progress.note(f"scoring {current} on this held-out split")
     bundle = store.load(current)
     test_shards = spark.createDataFrame(
-        pd.DataFrame([s for s in corpus.shards if s["split"] == "test"])[
-            [*_schema_names(SHARD_SCHEMA)]
-        ],
+        pd.DataFrame([s for s in corpus.shards if s["split"] == "test"])[list(SHARD_COLUMNS)],
         SHARD_SCHEMA,
     )
     rows = pd.DataFrame(
@@ -1035,25 +1042,3 @@ def _current_accuracy(
     if rows.empty:
         return 0.0
     return float((rows["label"] == rows["predicted"]).mean())
-
-
-# -- entry points ------------------------------------------------------------------------------
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    """``imagetag train``: train, print per-stage progress and the metrics; 0 on success."""
-    result = train(settings, options_from_args(args))
-    if getattr(args, "json", False):
-        print(json.dumps(result.manifest, indent=2, sort_keys=True))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``spark-submit batch/train.py --data SOURCE ...``"""
-    from batch.entry import job_main
-
-    return job_main("train", __doc__, add_arguments, run, argv, log=False)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

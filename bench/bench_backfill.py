@@ -35,10 +35,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imagetag.kafka_admin import delete_topics, ensure_topics, topic_names
 from imagetag.settings import Settings
-from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
+from imagetag.testing.services import isolated_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_IMAGES_CORPUS = 79_302_017
@@ -155,36 +154,21 @@ class Row:
         return self.images / self.backfill_s
 
 
-def isolated(settings: Settings, tag: str) -> Settings:
-    base = f"bench_backfill_{tag}_{uuid.uuid4().hex[:6]}"
-    derived = settings.derive(
-        kafka={
-            "topic_images": f"{base}.images",
-            "topic_dlq": f"{base}.dlq",
-            "topic_review": f"{base}.review",
-            "topic_ledger": f"{base}.ledger",
-        },
-        solr={"collection": base},
-        checkpoint_dir=str((BENCH_DIR / base / "checkpoints").resolve()),
-        archive_dir=str((BENCH_DIR / base / "archive").resolve()),
-    )
-    ensure_topics(derived, topic_names(derived))
-    SolrAdmin(derived).ensure_collection()
-    return derived
-
-
-def cleanup(settings: Settings) -> None:
-    delete_topics(settings, topic_names(settings))
-    admin = SolrAdmin(settings)
-    behind = admin.aliases().get(settings.solr.collection, "")
-    admin.delete_alias(settings.solr.collection)
-    for name in filter(None, behind.split(",")):
-        admin.delete_collection(name)
-    shutil.rmtree(Path(settings.checkpoint_dir).parent, ignore_errors=True)
+def run_name(tag: str) -> str:
+    """A fresh name for one run's topics, collection and scratch folder."""
+    return f"bench_backfill_{tag}_{uuid.uuid4().hex[:6]}"
 
 
 def run_backfill(settings: Settings, data: Path, images: int, log: Path) -> Row:
-    command = [sys.executable, "-m", "batch.backfill", str(data.resolve()), "--format", "tiny"]
+    command = [
+        sys.executable,
+        "-m",
+        "imagetag",
+        "backfill",
+        str(data.resolve()),
+        "--format",
+        "tiny",
+    ]
     command += ["--json", "--no-progress"]
     memory = MemoryPeaks()
     started = time.monotonic()
@@ -264,12 +248,19 @@ def main() -> int:
     for size in sizes:
         data = BENCH_DIR / f"tiny-{size}.bin"
         generate_tiny(data, size, seed=size)
-        run = isolated(settings, str(size))
+        base = run_name(str(size))
+        scratch = (BENCH_DIR / base).resolve()
         try:
-            print(f"backfill of {size:,} images ...", flush=True)
-            rows.append(run_backfill(run, data, size, BENCH_DIR / f"backfill-{size}.log"))
+            with isolated_settings(
+                settings,
+                base,
+                checkpoint_dir=str(scratch / "checkpoints"),
+                archive_dir=str(scratch / "archive"),
+            ) as run:
+                print(f"backfill of {size:,} images ...", flush=True)
+                rows.append(run_backfill(run, data, size, BENCH_DIR / f"backfill-{size}.log"))
         finally:
-            cleanup(run)
+            shutil.rmtree(scratch, ignore_errors=True)
             if not args.keep:
                 data.unlink(missing_ok=True)
 

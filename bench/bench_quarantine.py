@@ -7,7 +7,7 @@ and in ``crash`` mode, where the Python worker dies). The quarantine runs the ba
 halves down to the poison record. Wall seconds (Spark jobs), same run, same machine.
 
 The model is the CURRENT bundle of the model store when there is one, else the synthetic
-bundle of ``bench_tag_batch`` (same shape as a trained one).
+bundle of ``imagetag.testing.models`` (same shape as a trained one).
 
     .venv/bin/python bench/bench_quarantine.py [--images 5000] [--store PATH]
 """
@@ -20,12 +20,12 @@ import time
 from typing import Any
 
 from batch.backfill import event_row, rows_frame
-from bench.bench_tag_batch import synthetic_bundle
-from imagetag.bundle import ModelBundle, ModelStore
+from imagetag.bundle import ModelStore
 from imagetag.datasets import fashion_mnist_paths, read_idx
 from imagetag.pipeline import POISON_ENV, POISON_MODE_ENV, CurrentModel, tag_rows
 from imagetag.settings import Settings
 from imagetag.spark import spark_session
+from imagetag.testing.models import save_bundle, synthetic_bundle
 
 MARKER = "bench-poison"
 
@@ -75,17 +75,7 @@ def main() -> int:
     settings = Settings.load(**({"model_store": args.store} if args.store else {}))
     if ModelStore(settings.model_store).current_version() is None:
         store = tempfile.mkdtemp(prefix="bench-quarantine-")
-        model_store = ModelStore(store)
-        version = model_store.allocate_version()
-        b = synthetic_bundle()
-        manifest = {
-            **b.manifest,
-            "version": version,
-            "featurizer": {"name": b.featurizer.name, "params": b.featurizer.params},
-            "metrics": {"accuracy": 0.0},
-        }
-        model_store.write(ModelBundle(version, manifest, b.featurizer, b.dictionary, b.forest))
-        model_store.promote(version)
+        save_bundle(store, synthetic_bundle())
         settings = settings.derive(model_store=store)
         print(f"no CURRENT model in the store: a synthetic bundle ({store})")
     spark = spark_session(settings, "bench-quarantine")

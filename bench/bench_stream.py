@@ -25,24 +25,20 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import requests
 
-from imagetag.datasets import fashion_mnist_paths, read_idx
-from imagetag.kafka_admin import delete_topics, ensure_topics, topic_names
+from imagetag.kafka_admin import count_records
 from imagetag.settings import Settings
-from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
+from imagetag.testing.samples import fashion_images
+from imagetag.testing.services import isolated_settings, solr_count
 
 IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
-
-
-def images(count: int, start: int = 0) -> list[tuple[bytes, str]]:
-    paths = fashion_mnist_paths("test" if start + count <= 10_000 else "train")
-    return [(r.data, str(r.label)) for r in read_idx(*paths, start=start, count=count)]
 
 
 def raw_loop(settings: Settings, data: list[tuple[bytes, str]]) -> float:
@@ -78,18 +74,6 @@ def raw_loop(settings: Settings, data: list[tuple[bytes, str]]) -> float:
             limits=settings.limits,
         )
     return len(frame) / (time.perf_counter() - started)
-
-
-def solr_count(settings: Settings) -> int:
-    url = f"{settings.solr.url}/{settings.solr.collection}/select"
-    body = requests.get(url, params={"q": "*:*", "rows": "0", "facet": "false"}, timeout=30)
-    return int(body.json()["response"]["numFound"])
-
-
-def topic_count(settings: Settings, topic: str) -> int:
-    from imagetag.kafka_admin import count_records
-
-    return count_records(settings, topic)
 
 
 def start_stream(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -132,7 +116,7 @@ def stream_throughput(settings: Settings, data: list[tuple[bytes, str]], log: Pa
     try:
         first = last = None
         while True:
-            done = solr_count(settings) + topic_count(settings, settings.kafka.topic_review)
+            done = solr_count(settings) + count_records(settings, settings.kafka.topic_review)
             now = time.monotonic()
             if done and first is None:
                 first = (now, done)
@@ -155,11 +139,11 @@ def latency(
     process = start_stream(settings, log)
     # Warm up first (Python workers started, model broadcast, first archive batch): the
     # figure asked for is the steady state, not the first batch's start-up.
-    warm = images(200, start=50_000)
+    warm = fashion_images(200, start=50_000)
     produce(settings, warm)
     distinct = len({hashlib.sha256(d).hexdigest() for d, _ in warm})
     deadline = time.monotonic() + 300
-    while solr_count(settings) + topic_count(settings, settings.kafka.topic_review) < distinct:
+    while solr_count(settings) + count_records(settings, settings.kafka.topic_review) < distinct:
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"stream did not warm up; see {log}")
         time.sleep(0.5)
@@ -198,32 +182,16 @@ def latency(
     return [seen[i] - t for i, t in sent if i in seen]
 
 
-def isolated(settings: Settings, tag: str, tmp: Path) -> Settings:
+def isolated_run(settings: Settings, tag: str, tmp: Path) -> AbstractContextManager[Settings]:
+    """Settings with the run's own topics, collection and checkpoints, created and removed."""
     base = f"bench_{tag}_{uuid.uuid4().hex[:6]}"
-    derived = settings.derive(
-        kafka={
-            "topic_images": f"{base}.images",
-            "topic_dlq": f"{base}.dlq",
-            "topic_review": f"{base}.review",
-            "topic_ledger": f"{base}.ledger",
-        },
-        solr={"collection": base},
+    return isolated_settings(
+        settings,
+        base,
         checkpoint_dir=str(tmp / base / "checkpoints"),
         archive_dir=str(tmp / base / "archive"),
         spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 2000},
     )
-    ensure_topics(derived, topic_names(derived))
-    SolrAdmin(derived).ensure_collection()
-    return derived
-
-
-def cleanup(settings: Settings) -> None:
-    delete_topics(settings, topic_names(settings))
-    admin = SolrAdmin(settings)
-    behind = admin.aliases().get(settings.solr.collection, "")
-    admin.delete_alias(settings.solr.collection)
-    for name in filter(None, behind.split(",")):
-        admin.delete_collection(name)
 
 
 def spark_cores(master: str) -> int:
@@ -246,14 +214,11 @@ def main() -> int:
     tmp = Path(".stack/bench")
     tmp.mkdir(parents=True, exist_ok=True)
     cores = spark_cores(settings.spark.master)
-    data = images(args.images)
+    data = fashion_images(args.images)
 
     raw = raw_loop(settings, data)
-    run = isolated(settings, "tput", tmp)
-    try:
+    with isolated_run(settings, "tput", tmp) as run:
         stream = stream_throughput(run, data, tmp / "stream-throughput.log")
-    finally:
-        cleanup(run)
     print("\nthroughput (Fashion-MNIST 28x28 PNG)")
     print(f"{'path':<34} {'images/s':>9} {'cores':>6} {'images/s/core':>14}")
     print(f"{'tag_batch loop, one process':<34} {raw:>9.0f} {1:>6} {raw:>14.0f}")
@@ -264,11 +229,8 @@ def main() -> int:
 
     rate = stream / 2
     count = int(rate * args.latency_seconds)
-    run = isolated(settings, "latency", tmp)
-    try:
-        lat = latency(run, images(count, start=0), rate, tmp / "stream-latency.log")
-    finally:
-        cleanup(run)
+    with isolated_run(settings, "latency", tmp) as run:
+        lat = latency(run, fashion_images(count, start=0), rate, tmp / "stream-latency.log")
     p50, p99 = np.percentile(lat, [50, 99]) if lat else (float("nan"), float("nan"))
     print(f"\nlatency produce -> searchable at {rate:.0f} images/s (half the stream's throughput),")
     print(

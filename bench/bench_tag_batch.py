@@ -33,70 +33,12 @@ import numpy as np
 import pandas as pd
 
 from imagetag.bundle import BundleError, ModelBundle, ModelStore
-from imagetag.dictionary import VisualDictionary
-from imagetag.features import Features, get_featurizer
-from imagetag.forest import Forest
+from imagetag.features import Features
 from imagetag.settings import Settings
 from imagetag.tagging import tag_batch
+from imagetag.testing.models import synthetic_bundle
 
 SIZES = {"28x28": (28, 28, ".png"), "256x256": (256, 256, ".jpg"), "640x480": (640, 480, ".jpg")}
-
-
-def synthetic_bundle(trees: int = 100, depth: int = 20, k: int = 256) -> ModelBundle:
-    """A bundle shaped like a trained one: random centres; random trees (preorder ids) whose
-    branches stop with probability 0.35 per level below depth 6, and at ``depth`` at the latest
-    (about 5,000 nodes per tree, like a forest trained on Fashion-MNIST).
-    """
-    rng = np.random.default_rng(0)
-    featurizer = get_featurizer("dense-sift")
-    centers = rng.random((k, 128)).astype(np.float32)
-    centers = np.sqrt(centers / centers.sum(axis=1, keepdims=True))
-    dictionary = VisualDictionary(centers, levels=2, normalization="sqrt")
-    rows: list[dict[str, Any]] = []
-
-    def grow(tree: int, level: int) -> int:
-        node = len(rows) - starts[tree]
-        if level == depth or (level >= 6 and rng.random() < 0.35):
-            label = int(rng.integers(0, 10))
-            stats = [0.0] * 10
-            stats[label] = 1.0
-            rows.append(
-                {
-                    "tree": tree,
-                    "id": node,
-                    "left": -1,
-                    "right": -1,
-                    "feature": -1,
-                    "threshold": np.inf,
-                    "categorical": False,
-                    "prediction": float(label),
-                    "stats": stats,
-                }
-            )
-            return node
-        row = {
-            "tree": tree,
-            "id": node,
-            "left": -1,
-            "right": -1,
-            "feature": int(rng.integers(0, dictionary.dim)),
-            "threshold": float(rng.random() * 0.05),
-            "categorical": False,
-            "prediction": 0.0,
-            "stats": [0.1] * 10,
-        }
-        rows.append(row)
-        row["left"] = grow(tree, level + 1)
-        row["right"] = grow(tree, level + 1)
-        return node
-
-    starts: dict[int, int] = {}
-    for tree in range(trees):
-        starts[tree] = len(rows)
-        grow(tree, 0)
-    forest = Forest.from_nodes(pd.DataFrame(rows), [f"class{i}" for i in range(10)], dictionary.dim)
-    manifest = {"version": "synthetic", "vote_threshold": 0.4, "color_k": 3}
-    return ModelBundle("synthetic", manifest, featurizer, dictionary, forest)
 
 
 def make_images(size: str, count: int) -> list[bytes]:

@@ -421,23 +421,3 @@ def show(
 ) -> dict[str, Any]:
     """The manifest of ``version`` (default: CURRENT) in ``store``."""
     return ModelStore(store, spark).manifest(version)
-
-
-class BundleWatcher:
-    """Holds the current bundle and reloads it when ``CURRENT`` moves (checked on each call).
-
-    For the streaming job: call :meth:`get` once per micro-batch; it reads the small pointer
-    file and loads a bundle only when the version changed.
-    """
-
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
-        self._bundle: ModelBundle | None = None
-
-    def get(self) -> ModelBundle:
-        version = self.store.current_version()
-        if version is None:
-            raise BundleError(f"model store {self.store.uri}: no CURRENT version")
-        if self._bundle is None or self._bundle.version != version:
-            self._bundle = self.store.load(version)
-        return self._bundle

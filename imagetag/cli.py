@@ -1,8 +1,11 @@
 """The ``imagetag`` command line.
 
-Each sub-command lives in its own module exposing ``add_arguments(parser)`` and
-``run(args, settings) -> int``; the table below is the only place that lists them, and a
-module is imported only when its command runs (so ``imagetag stack up`` never imports Spark).
+The top of the project: nothing imports it. Each sub-command lives in its own module
+(``imagetag.commands.*``) exposing ``add_arguments(parser)`` and ``run(args, settings) -> int``:
+it owns the command's parser, turns the parsed arguments into its job's typed options, runs the
+job and prints the job's typed summary. The table below is the only place that lists them, and a module is imported only
+when its command runs (so ``imagetag stack up`` imports neither Spark nor the jobs).
+``spark-submit submit.py COMMAND ...`` runs this same ``main``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Collection, Sequence
 
 from imagetag.errors import ImagetagError
 from imagetag.settings import Settings
@@ -47,7 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of the whole command line. Only the sub-commands in ``commands`` (default:
+    all) get their arguments, and so have their module imported; ``main`` passes just the one
+    it runs."""
     parser = argparse.ArgumentParser(prog="imagetag", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="settings file (default: imagetag.yaml if present)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -55,18 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.set_defaults(_module=module_name)
-        _lazy_add_arguments(module_name, command_parser)
+        if commands is None or name in commands:
+            importlib.import_module(module_name).add_arguments(command_parser)
     return parser
 
 
-def _lazy_add_arguments(module_name: str, parser: argparse.ArgumentParser) -> None:
-    module = importlib.import_module(module_name)
-    module.add_arguments(parser)
+def requested_command(argv: Sequence[str]) -> list[str]:
+    """The sub-command ``argv`` names (as a list of one), or none: the first word that is not
+    a global option (``--config`` takes the next word)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return [word] if word in COMMANDS else []
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Parse ``argv`` (default: ``sys.argv[1:]``), load the settings and run the command.
+    Returns its exit code; an ImagetagError is one line on stderr and exit code 2."""
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(requested_command(words))
+    args = parser.parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -18,7 +18,16 @@ class ImagetagError(Exception):
 
 
 class ConfigError(ImagetagError):
-    """The settings are invalid (unknown key, bad value, missing file)."""
+    """The settings or a job's options are invalid (unknown key, bad value, missing file)."""
+
+
+class NoModelError(ConfigError):
+    """The model store has no ``CURRENT`` model yet: nothing can be tagged until one is
+    trained and promoted (``imagetag train``)."""
+
+    def __init__(self, store: str, consequence: str = "run `imagetag train` first") -> None:
+        self.store = store
+        super().__init__(f"no model in {store}: {consequence}")
 
 
 class ServiceError(ImagetagError):

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from imagetag.contracts import KAFKA_COORDINATES, OUTPUT_SCHEMA
+from imagetag.errors import NoModelError
 from imagetag.settings import Settings
 from imagetag.sinks import TransactionalSink
 
@@ -30,14 +32,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-
-# What mapInPandas hands back to foreachBatch: one row per input record.
-#   kind  = tagged | review | dead
-#   id    = image id (or "" for records without one)
-#   doc   = the Solr document as JSON (tagged)
-#   key, value = the Kafka record to write (review: TagResult, dead: DeadLetter)
-#   latency_ms = tagged_at - produced_at, for the progress line
-OUTPUT_SCHEMA = "kind string, id string, doc string, key binary, value binary, latency_ms long"
 
 
 # Test-only hook: a batch holding a record whose value contains this environment variable's
@@ -199,7 +193,7 @@ def _quarantine(
     return Tagged(out, meta, quarantined=len(letters), parts=parts)
 
 
-KAFKA_ROW = ("key", "value", "topic", "partition", "offset")
+KAFKA_ROW = ("key", "value", *KAFKA_COORDINATES)  # what a poison record's dead letter keeps
 PROBE_ROWS_PER_TASK = 500
 
 
@@ -278,8 +272,10 @@ def fault_summary(exc: BaseException | str) -> str:
 class CurrentModel:
     """The model bundle named by the store's CURRENT pointer, broadcast once per version.
 
-    ``get()`` is called at every micro-batch; it reads only the pointer unless the version
-    changed, in which case the new bundle is loaded and broadcast and the old broadcast freed.
+    ``get()`` is called at every micro-batch (or backfill round); it reads only the pointer
+    unless the version changed, in which case the new bundle is loaded and broadcast and the
+    old broadcast freed. The one watcher of the current model: the stream and the backfill
+    both use it.
     """
 
     def __init__(self, spark: SparkSession, settings: Settings) -> None:
@@ -289,14 +285,13 @@ class CurrentModel:
         self.broadcast: Broadcast[Any] | None = None
 
     def get(self) -> Broadcast[Any]:
+        """The broadcast bundle CURRENT names. Raises NoModelError when there is none yet."""
         from imagetag.bundle import ModelStore
 
         store = ModelStore(self.settings.model_store, self.spark)
         version = store.current_version()
         if version is None:
-            raise RuntimeError(
-                f"no model in {self.settings.model_store}: run `imagetag train` first"
-            )
+            raise NoModelError(self.settings.model_store)
         if version != self.version or self.broadcast is None:
             model = store.load(version)
             old = self.broadcast

@@ -1,8 +1,9 @@
 """Pure pandas functions between raw Kafka records and the stream's sinks.
 
-No Spark and no Kafka here: the job calls these inside ``mapInPandas``; the tests call them
-directly. Raw Kafka rows have the columns of Spark's Kafka source:
-``key, value, topic, partition, offset, timestamp``.
+No Spark, no Kafka and no Solr client here: the job calls these inside ``mapInPandas``; the
+tests call them directly. Raw Kafka rows have the columns of Spark's Kafka source
+(``contracts.KAFKA_COLUMNS``); the output rows are ``contracts.OUTPUT_COLUMNS`` and the archive
+rows ``contracts.ARCHIVE_COLUMNS``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from typing import Any
 import pandas as pd
 
 from imagetag.avro import AvroDeserializer, AvroSerializer
+from imagetag.contracts import ARCHIVE_COLUMNS, KAFKA_COLUMNS, OUTPUT_COLUMNS
+from imagetag.documents import to_solr_doc
 from imagetag.errors import INTERNAL_ERROR, RecordError
 from imagetag.settings import Settings
-from imagetag.solr import to_solr_doc
 
 log = logging.getLogger(__name__)
-
-OUTPUT_COLUMNS = ["kind", "id", "doc", "key", "value", "latency_ms"]
 
 # Kafka header of a dead letter sent again by `imagetag dlq replay`: "<dlq topic>:<partition>:
 # <offset>" of the letter. The stream de-duplicates by image id plus this header.
@@ -98,13 +98,7 @@ def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | 
     events: list[dict[str, Any]] = []
     dead: list[tuple[bytes | None, bytes]] = []
     for key, value, topic, partition, offset, timestamp in zip(
-        rows["key"],
-        rows["value"],
-        rows["topic"],
-        rows["partition"],
-        rows["offset"],
-        rows["timestamp"],
-        strict=True,
+        *(rows[column] for column in KAFKA_COLUMNS), strict=True
     ):
         coords = (str(topic), int(partition), int(offset))
         try:
@@ -305,21 +299,6 @@ def dead_letter_for_refused_doc(
         reason,
     )
     return image_id.encode(), value
-
-
-ARCHIVE_COLUMNS = [
-    "id",
-    "image",
-    "content_type",
-    "source",
-    "produced_at",
-    "label",
-    "metadata",
-    "kafka_partition",
-    "kafka_offset",
-    "ingested_at",
-    "ingest_date",
-]
 
 
 def archive_rows(rows: pd.DataFrame) -> pd.DataFrame:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from imagetag.bundle import ModelBundle
+from imagetag.contracts import KAFKA_COORDINATES
 from imagetag.errors import INTERNAL_ERROR, RecordError
 from imagetag.features import Features, dominant_colors, phash_hex, single_threaded_opencv
 from imagetag.images import DecodedImage, Limits, decode_image, make_thumbnail
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 64
 
-# Kafka coordinates passed through when the batch has them (the stream's batches do).
-KAFKA_COLUMNS: tuple[str, ...] = ("topic", "partition", "offset")
 
 TAGGED_COLUMNS: tuple[str, ...] = (
     "id",
@@ -108,7 +107,8 @@ def tag_batch(
     threshold = model.vote_threshold if threshold is None else float(threshold)
     limits = limits or ImageLimits()
     tagged_at = int(time.time() * 1000) if now_ms is None else int(now_ms)
-    kafka = [c for c in KAFKA_COLUMNS if c in batch.columns]
+    # Kafka coordinates are passed through when the batch has them (the stream's batches do).
+    kafka = [c for c in KAFKA_COORDINATES if c in batch.columns]
 
     dead: list[dict[str, Any]] = []
     good: list[_Decoded] = []

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from imagetag.avro import AvroDeserializer
+from imagetag.durations import DurationError, parse_duration
 from imagetag.errors import ConfigError, ImagetagError, RecordError, ServiceError
 from imagetag.kafka_admin import message_limit
 from imagetag.records import REPLAY_HEADER
@@ -46,10 +46,6 @@ SKIP_EXPLANATIONS: dict[str, str] = {
     "the image bytes are in the archive (read by `imagetag backfill archive`, `imagetag reindex`)",
     SKIP_EMPTY: "the letter carries no original value to send",
 }
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_DURATIONS = re.compile(rf"(?:{_DURATION.pattern})+")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def _client_logging() -> dict[str, Any]:
@@ -73,21 +69,21 @@ def parse_since(text: str, now: dt.datetime | None = None) -> int:
     value = text.strip()
     if not value:
         raise ReplayOptionsError("--since is empty")
-    if _DURATIONS.fullmatch(value):
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(value))
-        moment = now - dt.timedelta(seconds=seconds)
-    else:
-        try:
-            moment = dt.datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise ReplayOptionsError(
-                f"--since {text!r} is neither an ISO date/time (2026-01-31, 2026-01-31T12:00Z) "
-                "nor a duration (30m, 2h, 1d)"
-            ) from exc
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
-        if moment > now:
-            raise ReplayOptionsError(f"--since {text!r} is in the future")
+    try:
+        return int((now - dt.timedelta(seconds=parse_duration(value))).timestamp() * 1000)
+    except DurationError:
+        pass  # not a duration: an ISO date / date-time then
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ReplayOptionsError(
+            f"--since {text!r} is neither an ISO date/time (2026-01-31, 2026-01-31T12:00Z) "
+            "nor a duration (30m, 2h, 1d)"
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    if moment > now:
+        raise ReplayOptionsError(f"--since {text!r} is in the future")
     return int(moment.timestamp() * 1000)
 
 

@@ -16,7 +16,7 @@ wait) is restarted from its checkpoint with capped backoff, so an outage stalls 
 it resumes by itself. SIGTERM stops the queries between micro-batches, and the process within
 ``spark.stop_timeout_seconds`` whatever it is waiting for (an unfinished batch is re-run).
 
-This module is also a ``spark-submit`` entry point: ``spark-submit streaming/job.py``.
+``imagetag stream`` runs it (``spark-submit submit.py stream`` on a cluster).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from imagetag.contracts import ARCHIVE_SCHEMA, KAFKA_COLUMNS
 from imagetag.pipeline import CurrentModel, fault_summary, kafka_options, tag_rows, write_outputs
 from imagetag.records import REPLAY_HEADER
 from imagetag.settings import Settings
@@ -45,12 +45,6 @@ log = logging.getLogger("imagetag.stream")
 
 TAG_QUERY = "imagetag-tag"
 ARCHIVE_QUERY = "imagetag-archive"
-
-ARCHIVE_SCHEMA = (
-    "id string, image binary, content_type string, source string, produced_at timestamp, "
-    "label string, metadata map<string,string>, kafka_partition int, kafka_offset long, "
-    "ingested_at timestamp, ingest_date string"
-)
 
 
 # -- executor side: pure functions over pandas batches -------------------------------------
@@ -102,7 +96,7 @@ def read_images(spark: SparkSession, settings: Settings) -> DataFrame:
         .option("kafka.max.partition.fetch.bytes", str(settings.limits.max_bytes + 2**20))
         .option("includeHeaders", "true")
         .load()
-        .selectExpr("key", "value", "topic", "partition", "offset", "timestamp", "headers")
+        .selectExpr(*KAFKA_COLUMNS, "headers")
     )
 
 
@@ -335,16 +329,3 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
     log.info("stream stopped; totals %s", stats.totals)
     spark.stop()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: settings from the environment / imagetag.yaml."""
-    del argv
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return run(Settings.load())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from imagetag.kafka_admin import delete_topics, ensure_topics, topic_names
+from imagetag.kafka_admin import delete_topics, ensure_topics
 from imagetag.settings import Settings
-from imagetag.solr_admin import SolrAdmin
 from imagetag.stack import LocalStack
+from imagetag.testing import services
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -74,28 +74,10 @@ def topic(settings: Settings, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def isolated_settings(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
-    """Settings with this test's own three topics and own Solr alias + collection, all created
+    """Settings with this test's own topics and own Solr alias + collection, all created
     as `imagetag init` creates them, and removed afterwards."""
-    base = _unique("it", request)
-    derived = settings.derive(
-        kafka={
-            "topic_images": f"{base}.images",
-            "topic_dlq": f"{base}.dlq",
-            "topic_review": f"{base}.review",
-            "topic_ledger": f"{base}.ledger",
-        },
-        solr={"collection": base},
-    )
-    topics = topic_names(derived)
-    ensure_topics(derived, topics)
-    admin = SolrAdmin(derived)
-    admin.ensure_collection()
-    yield derived
-    delete_topics(derived, topics)
-    collections = admin.aliases().get(base, "")
-    admin.delete_alias(base)
-    for collection in filter(None, collections.split(",")):
-        admin.delete_collection(collection)
+    with services.isolated_settings(settings, _unique("it", request)) as derived:
+        yield derived
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,19 @@
 """``imagetag backfill SOURCE``: tag a historical corpus with Spark (see batch/backfill.py).
 
-The parser lives here (light imports: the CLI builds every command's parser); the job, which
-imports Spark and pandas, is imported only when the command runs. ``spark-submit
-batch/backfill.py`` uses the same parser.
+The parser lives here and turns the arguments into the job's ``BackfillOptions``; the job
+(``batch.backfill.run``) returns a ``BackfillSummary``, printed here.
+``spark-submit submit.py backfill ...`` runs this same command.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 
+from batch import backfill as job
+from batch.backfill import KINDS, RETAG_MODES, BackfillOptions
 from imagetag.settings import Settings
-
-KINDS = ("archive", "folder", "parquet", "sequencefile", "cifar", "tiny", "kafka")
-RETAG_MODES = ("older", "review", "all")
 
 
 def parse_date(value: str) -> dt.date:
@@ -92,7 +92,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    from batch.backfill import run_command
+def options_from_args(args: argparse.Namespace) -> BackfillOptions:
+    """The job's options from parsed arguments. Raises ConfigError for out-of-range values."""
+    return BackfillOptions(
+        source=args.source,
+        kind=args.kind,
+        since=args.since,
+        retag=args.retag,
+        state_dir=args.state,
+        split_size=args.split_size,
+        split_bytes=args.split_mb * 1024 * 1024,
+        splits_per_round=args.splits_per_round,
+        max_splits=args.max_splits,
+        glob=args.glob,
+        label_from_folder=args.label_from == "folder",
+        bytes_column=args.bytes_column,
+        label_column=args.label_column,
+        archive=args.archive,
+        batch_size=args.batch_size,
+        progress=False if args.no_progress else None,
+        fresh=args.fresh,
+    )
 
-    return run_command(args, settings)
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the backfill and print its summary (it says how many splits are left when
+    ``--max-splits`` stopped it early). Returns the exit code, 0."""
+    summary = job.run(settings, options_from_args(args))
+    print(json.dumps(summary.as_dict(), sort_keys=True) if args.json else summary.format())
+    return 0

@@ -1,17 +1,22 @@
 """``imagetag reindex``: blue/green rebuild of the Solr index (see batch/reindex.py).
 
-The parser lives here (light imports); the job, which imports Spark, only when it runs.
+The parser lives here and turns the arguments into the job's ``ReindexOptions``; the job
+(``batch.reindex.run``) returns a ``ReindexResult``, printed here.
+``spark-submit submit.py reindex ...`` runs this same command.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
+from batch import reindex as job
+from batch.reindex import ReindexOptions
 from imagetag.settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Shared by ``imagetag reindex`` and ``spark-submit batch/reindex.py``."""
+    """The arguments of ``imagetag reindex``."""
     parser.add_argument(
         "source",
         nargs="?",
@@ -40,7 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    from batch.reindex import run_command
+def options_from_args(args: argparse.Namespace) -> ReindexOptions:
+    """The job's options from parsed arguments. Raises ConfigError for out-of-range values."""
+    return ReindexOptions(
+        source=args.source,
+        drop_old=args.drop_old,
+        fresh=args.fresh,
+        min_fraction=args.min_fraction,
+        max_splits=args.max_splits,
+        progress=False if args.no_progress else None,
+    )
 
-    return run_command(args, settings)
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Rebuild and switch; print the result. Exit code 0 when the alias was switched, 1 when
+    the rebuild is unfinished (``--max-splits``) and the alias stayed."""
+    result = job.run(settings, options_from_args(args))
+    print(json.dumps(result.as_dict(), sort_keys=True) if args.json else result.format())
+    return 0 if result.switched else 1

@@ -1,35 +1,38 @@
 """``imagetag retrain [--every DURATION]``: train on the labelled corpus, promote only if it
 beats CURRENT on the held-out split, then re-tag (see batch/retrain.py).
 
-The parser lives here (light imports); the job, which imports Spark, only when it runs.
+The parser lives here and turns the arguments into the job's ``RetrainOptions``; the job
+(``batch.retrain.run``) hands back each run's ``RetrainResult``, printed here as it comes.
+``spark-submit submit.py retrain ...`` runs this same command.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
+import sys
+from typing import Any
 
+from batch import retrain as job
+from batch.retrain import RETAG_MODES, RetrainOptions, RetrainResult
+from batch.train import FEATURIZER_NAMES
+from imagetag.durations import DurationError, parse_duration
 from imagetag.settings import Settings
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Training knobs `imagetag retrain` passes through to TrainOptions (as `imagetag train` names them).
+TRAIN_ARGUMENTS = ("k", "trees", "depth", "levels", "limit", "sample_size", "featurizer", "seed")
 
 
-def parse_duration(value: str) -> float:
-    """Seconds in ``90``, ``90s``, ``30m``, ``6h``, ``1d``, ``1w``; ArgumentTypeError else."""
-    match = _DURATION.match(value)
-    if match is None or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"not a duration (like 30m, 6h, 1d): {value!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _duration(value: str) -> str:
-    parse_duration(value)
-    return value
+def _duration(value: str) -> float:
+    """argparse type of ``--every``: seconds."""
+    try:
+        return parse_duration(value, bare_seconds=True)
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(f"not a duration (like 30m, 6h, 1d): {value!r}") from exc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Shared by ``imagetag retrain`` and ``spark-submit batch/retrain.py``."""
+    """The arguments of ``imagetag retrain``."""
     parser.add_argument(
         "--data",
         action="append",
@@ -51,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-runs", type=int, metavar="N", help="with --every: stop after N")
     parser.add_argument(
         "--retag",
-        choices=["older", "review", "all", "none"],
+        choices=[*RETAG_MODES, "none"],
         default="all",
         help="after a promotion, re-tag Solr docs of older models (older), the review topic "
         "(review), both (all, the default) or nothing (none)",
@@ -66,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--levels", type=int, help="spatial pyramid levels")
     training.add_argument("--limit", type=int, help="at most N images per split")
     training.add_argument("--sample-size", type=int, help="descriptors for KMeans")
-    training.add_argument("--featurizer", choices=["dense-sift", "sift", "orb"])
+    training.add_argument("--featurizer", choices=FEATURIZER_NAMES)
     training.add_argument("--seed", type=int)
     parser.add_argument("--json", action="store_true", help="print each run's result as JSON")
     parser.add_argument(
@@ -74,7 +77,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    from batch.retrain import run_command
+def options_from_args(args: argparse.Namespace) -> RetrainOptions:
+    """The job's options from parsed arguments. Raises ConfigError for out-of-range values."""
+    train: dict[str, Any] = {}
+    for name in TRAIN_ARGUMENTS:
+        value = getattr(args, name, None)
+        if value is not None:
+            train[name] = value
+    return RetrainOptions(
+        data=tuple(args.data or ()),
+        archive_labels=not args.no_archive_labels,
+        retag=None if args.retag == "none" else args.retag,
+        train=train,
+        force=args.force,
+        progress=False if args.no_progress else None,
+        every_s=args.every,
+        max_runs=args.max_runs,
+    )
 
-    return run_command(args, settings)
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Retrain once, or every ``--every``, printing each run's result as it finishes. Exit
+    code 1 when a scheduled run failed (it was logged and the schedule went on), else 0."""
+
+    def show(result: RetrainResult) -> None:
+        print(json.dumps(result.as_dict(), sort_keys=True) if args.json else result.format())
+        sys.stdout.flush()
+
+    summary = job.run(settings, options_from_args(args), on_result=show)
+    return 1 if summary.failures else 0

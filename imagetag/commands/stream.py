@@ -1,10 +1,14 @@
-"""``imagetag stream``: run the streaming tagging job until SIGTERM (see streaming/job.py)."""
+"""``imagetag stream``: run the streaming tagging job until SIGTERM (see streaming/job.py).
+
+``spark-submit submit.py stream`` runs this same command.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from imagetag.settings import Settings
+from streaming import job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +21,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from streaming.job import run as run_stream
-
-    return run_stream(settings, max_restarts=args.max_restarts)
+    return job.run(settings, max_restarts=args.max_restarts)

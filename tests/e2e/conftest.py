@@ -1,5 +1,5 @@
 """End-to-end fixtures: a trained model, the stream as a real `imagetag stream` process, and
-readers of Solr and Kafka that count what the stream wrote."""
+readers of Solr and Kafka that count what the stream wrote (``imagetag.testing.services``)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from imagetag.datasets import fashion_mnist_paths, read_idx
-from imagetag.kafka_admin import read_topic
 from imagetag.settings import Settings
+from imagetag.testing import services
 from producers import ImageProducer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,53 +38,12 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def fashion_images(count: int, start: int = 0) -> list[tuple[bytes, str]]:
-    """(PNG bytes, label) of Fashion-MNIST test images."""
-    images, labels = fashion_mnist_paths("test")
-    return [(r.data, str(r.label)) for r in read_idx(images, labels, start=start, count=count)]
-
-
-def solr_docs(settings: Settings, fl: str = "id,model_version,tags,confidence") -> list[dict]:
-    """Every document in the collection (after a commit), paged with cursorMark."""
-    url = f"{settings.solr.url}/{settings.solr.collection}"
-    requests.get(f"{url}/update", params={"commit": "true"}, timeout=30).raise_for_status()
-    docs: list[dict] = []
-    cursor = "*"
-    while True:
-        body = requests.get(
-            f"{url}/select",
-            params={
-                "q": "*:*",
-                "fl": fl,
-                "rows": "1000",
-                "sort": "id asc",
-                "cursorMark": cursor,
-                "facet": "false",
-                "wt": "json",
-            },
-            timeout=30,
-        ).json()
-        docs.extend(body["response"]["docs"])
-        if body["nextCursorMark"] == cursor:
-            return docs
-        cursor = body["nextCursorMark"]
-
-
 def solr_count(settings: Settings) -> int:
     """Documents in the collection; -1 while Solr is down or the collection still recovering."""
-    url = f"{settings.solr.url}/{settings.solr.collection}/select"
     try:
-        response = requests.get(url, params={"q": "*:*", "rows": "0", "wt": "json"}, timeout=30)
+        return services.solr_count(settings)
     except requests.RequestException:
         return -1
-    if response.status_code != 200:
-        return -1
-    return int(response.json()["response"]["numFound"])
-
-
-def topic_records(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes]]:
-    """All committed (key, value) records of a topic, from the beginning to the current end."""
-    return read_topic(settings, topic)
 
 
 def raw_send(settings: Settings, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -165,15 +123,22 @@ def stream_factory(tmp_path: Path) -> Iterator[Callable[..., StreamProcess]]:
 TRAIN_ARGS = ["--data", "fashion-mnist", "--limit", "3000", "--k", "64", "--trees", "30"]
 
 
-def train(settings: Settings, *extra: str) -> None:
-    result = subprocess.run(
-        [IMAGETAG, "train", *TRAIN_ARGS, *extra],
+def run_imagetag(
+    settings: Settings, *args: str, timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """``imagetag <args>`` as a child process with the settings, its output captured."""
+    return subprocess.run(
+        [IMAGETAG, *args],
         env=settings_env(settings),
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout_s,
     )
+
+
+def train(settings: Settings, *extra: str) -> None:
+    result = run_imagetag(settings, "train", *TRAIN_ARGS, *extra, timeout_s=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -204,19 +169,21 @@ def produce(settings: Settings, images: list[tuple[bytes, str]]) -> set[str]:
 
 def accounted(settings: Settings, valid: int, dead: int) -> Callable[[], bool]:
     def check() -> bool:
-        review = len(topic_records(settings, settings.kafka.topic_review))
-        dlq = len(topic_records(settings, settings.kafka.topic_dlq))
+        review = len(services.topic_records(settings, settings.kafka.topic_review))
+        dlq = len(services.topic_records(settings, settings.kafka.topic_dlq))
         return solr_count(settings) + review >= valid and dlq >= dead
 
     return check
 
 
 def assert_exact(settings: Settings, ids: set[str], dead: int) -> None:
-    docs = solr_docs(settings)
+    docs = services.solr_docs(settings)
     solr_ids = [d["id"] for d in docs]
     assert len(solr_ids) == len(set(solr_ids)), "duplicate ids in Solr"
-    review = [k.decode() for k, _ in topic_records(settings, settings.kafka.topic_review) if k]
+    review = [
+        k.decode() for k, _ in services.topic_records(settings, settings.kafka.topic_review) if k
+    ]
     assert len(review) == len(set(review)), "an image went to review twice"
     assert set(solr_ids).isdisjoint(review)
     assert set(solr_ids) | set(review) == ids
-    assert len(topic_records(settings, settings.kafka.topic_dlq)) == dead
+    assert len(services.topic_records(settings, settings.kafka.topic_dlq)) == dead

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,19 +19,16 @@ from imagetag.pipeline import POISON_ENV
 from imagetag.settings import Settings
 from imagetag.stack import KafkaService
 from imagetag.testing.corpus import ALIVE, DEAD, mixed_corpus
+from imagetag.testing.samples import fashion_images
+from imagetag.testing.services import solr_docs, topic_records
 from producers import ImageProducer
 from tests.e2e.conftest import (
-    IMAGETAG,
-    ROOT,
     StreamProcess,
     accounted,
     assert_exact,
-    fashion_images,
     raw_send,
-    settings_env,
+    run_imagetag,
     sha256,
-    solr_docs,
-    topic_records,
     wait_until,
 )
 
@@ -152,14 +148,7 @@ def test_backfill_of_the_same_corpus_exits_0_with_the_same_accounting(
     folder.mkdir()
     for name, data, _ in items:
         (folder / name).write_bytes(data)
-    result = subprocess.run(
-        [IMAGETAG, "backfill", str(folder), "--json"],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    result = run_imagetag(settings, "backfill", str(folder), "--json", timeout_s=1200)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     print(

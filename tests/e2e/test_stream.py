@@ -13,17 +13,16 @@ from pathlib import Path
 from imagetag.avro import AvroDeserializer, AvroSerializer
 from imagetag.settings import Settings
 from imagetag.stack import SolrService
+from imagetag.testing.samples import fashion_images
+from imagetag.testing.services import solr_docs, topic_records
 from tests.e2e.conftest import (
     StreamProcess,
     accounted,
     assert_exact,
-    fashion_images,
     produce,
     raw_send,
     sha256,
     solr_count,
-    solr_docs,
-    topic_records,
     train,
     wait_until,
 )

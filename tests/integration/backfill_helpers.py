@@ -1,6 +1,6 @@
 """Helpers of the backfill / retrain / reindex integration tests: small images, a hand-built
-model bundle (no training: fast and deterministic), and readers of what landed in Solr and in
-the review topic."""
+model bundle (no training: fast and deterministic), and the stream's archive. What landed in
+Solr and in the topics is read with ``imagetag.testing.services``."""
 
 from __future__ import annotations
 
@@ -8,22 +8,16 @@ import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pandas as pd
-import requests
 
 from batch.backfill import event_row, rows_frame
-from imagetag.avro import AvroDeserializer
-from imagetag.bundle import ModelBundle, ModelStore
 from imagetag.dictionary import VisualDictionary
-from imagetag.features import get_featurizer
-from imagetag.forest import Forest
 from imagetag.images import decode_image
-from imagetag.kafka_admin import read_topic
 from imagetag.settings import ImageLimits, Settings
+from imagetag.testing.models import hand_built_bundle, save_bundle, small_featurizer, stump
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -69,28 +63,12 @@ def write_folder(root: Path, count: int, seed: int = 7) -> set[str]:
     return ids
 
 
-def _leaf(tree: int, node: int, prediction: int) -> dict[str, Any]:
-    stats = [0.0] * len(CLASSES)
-    stats[prediction] = 1.0
-    return {
-        "tree": tree,
-        "id": node,
-        "left": -1,
-        "right": -1,
-        "feature": -1,
-        "threshold": np.inf,
-        "categorical": False,
-        "prediction": float(prediction),
-        "stats": stats,
-    }
-
-
 def hand_model(store: str, sample: list[bytes], seed: int = 0, promote: bool = True) -> str:
     """Write (and promote) a bundle without training: dense SIFT, 8 words drawn from the
     sample's own descriptors, and ten stumps on the most variable words at different
     quantiles, so the votes spread: most images reach the 0.40 threshold (tagged), about a
     fifth do not (review). Returns the version."""
-    featurizer = get_featurizer("dense-sift", size=32, step=8, scales=[3.0], margin=4)
+    featurizer = small_featurizer()
     features = [featurizer.extract(decode_image(data, ImageLimits())) for data in sample]
     descriptors = np.concatenate([f.descriptors for f in features])
     rng = np.random.default_rng(seed)
@@ -104,89 +82,21 @@ def hand_model(store: str, sample: list[bytes], seed: int = 0, promote: bool = T
         np.concatenate([f.positions for f in features]),
     )
     spread = np.argsort(-vectors.std(axis=0))
-    rows = []
+    nodes = []
     for tree in range(10):
         feature = int(spread[tree % len(spread)])
         threshold = float(np.quantile(vectors[:, feature], [0.5, 0.3, 0.7][tree % 3]))
-        left, right = tree % 4, (tree + 1) % 4
-        rows += [
-            {
-                **_leaf(tree, 0, left),
-                "left": 1,
-                "right": 2,
-                "feature": feature,
-                "threshold": threshold,
-            },
-            _leaf(tree, 1, left),
-            _leaf(tree, 2, right),
-        ]
-    forest = Forest.from_nodes(pd.DataFrame(rows), CLASSES, n_features=dictionary.dim)
-    model_store = ModelStore(store)
-    version = model_store.allocate_version()
-    manifest = {
-        "version": version,
-        "vote_threshold": 0.4,
-        "color_k": 2,
-        "featurizer": {"name": featurizer.name, "params": featurizer.params},
-        "metrics": {"accuracy": 0.0},
-    }
-    model_store.write(ModelBundle(version, manifest, featurizer, dictionary, forest))
-    if promote:
-        model_store.promote(version)
-    return version
-
-
-def solr_docs(settings: Settings, collection: str | None = None) -> list[dict[str, Any]]:
-    """Every document (id, model_version) of the collection, after a commit (cursorMark)."""
-    url = f"{settings.solr.url}/{collection or settings.solr.collection}"
-    requests.get(f"{url}/update", params={"commit": "true"}, timeout=60).raise_for_status()
-    docs: list[dict[str, Any]] = []
-    cursor = "*"
-    while True:
-        body = requests.get(
-            f"{url}/select",
-            params={
-                "q": "*:*",
-                "fl": "id,model_version",
-                "rows": "2000",
-                "sort": "id asc",
-                "cursorMark": cursor,
-                "wt": "json",
-            },
-            timeout=60,
-        ).json()
-        docs.extend(body["response"]["docs"])
-        if body["nextCursorMark"] == cursor:
-            return docs
-        cursor = body["nextCursorMark"]
-
-
-def solr_ids(settings: Settings, collection: str | None = None) -> list[str]:
-    return [d["id"] for d in solr_docs(settings, collection)]
-
-
-def solr_count(settings: Settings, collection: str | None = None) -> int:
-    url = f"{settings.solr.url}/{collection or settings.solr.collection}/select"
-    body = requests.get(url, params={"q": "*:*", "rows": "0", "wt": "json"}, timeout=30).json()
-    return int(body["response"]["numFound"])
-
-
-def topic_values(settings: Settings, topic: str) -> list[bytes]:
-    """Every committed record value of ``topic``, from the beginning to its current end."""
-    return [value for _, value in read_topic(settings, topic, timeout_s=120)]
-
-
-def review_ids(settings: Settings) -> list[str]:
-    """Image ids of the TagResults in the review topic (with repeats, if any)."""
-    deserialize = AvroDeserializer("TagResult")
-    return [deserialize(v)["id"] for v in topic_values(settings, settings.kafka.topic_review)]
+        nodes += stump(tree, feature, threshold, tree % 4, (tree + 1) % 4, len(CLASSES))
+    bundle = hand_built_bundle(featurizer, dictionary, nodes, CLASSES, version="unsaved")
+    return save_bundle(store, bundle, promote=promote)
 
 
 def write_archive(
     spark: SparkSession, settings: Settings, images: Sequence[tuple[bytes, str | None]]
 ) -> None:
     """The stream's raw archive, as its archive query writes it (records.archive_rows)."""
-    from streaming.job import ARCHIVE_SCHEMA, archive_partition
+    from imagetag.contracts import ARCHIVE_SCHEMA
+    from streaming.job import archive_partition
 
     now = int(time.time() * 1000)
     rows = rows_frame(

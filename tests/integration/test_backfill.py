@@ -21,17 +21,9 @@ from batch.backfill import Backfill, BackfillOptions, BackfillSummary, run_backf
 from imagetag.datasets import write_sequence_file, write_tiny_images
 from imagetag.records import decode_events
 from imagetag.settings import Settings
+from imagetag.testing.services import review_ids, solr_ids, topic_values
 from tests.e2e.conftest import settings_env
-from tests.integration.backfill_helpers import (
-    ROOT,
-    hand_model,
-    images,
-    png,
-    review_ids,
-    solr_ids,
-    topic_values,
-    write_folder,
-)
+from tests.integration.backfill_helpers import ROOT, hand_model, images, png, write_folder
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -223,7 +215,7 @@ def test_killed_backfill_restarts_without_duplicates(
     state = tmp_path / "state"
     args = [str(folder), "--split-size", "100", "--splits-per-round", "1", "--state", str(state)]
     child = subprocess.Popen(
-        [sys.executable, "-m", "batch.backfill", *args, "--no-progress"],
+        [sys.executable, "-m", "imagetag", "backfill", *args, "--no-progress"],
         env=settings_env(model_settings),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -1,9 +1,9 @@
 """The model store through Hadoop's FileSystem (the code path of hdfs://, s3a://, ... URIs),
-exercised on a local ``file://`` URI with a local SparkSession."""
+exercised on a local ``file://`` URI with a local SparkSession (``local_spark`` of
+tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,25 +11,9 @@ import numpy as np
 import pytest
 
 from imagetag.bundle import ModelStore
-from imagetag.settings import Settings
 from tests.unit.test_bundle import make_bundle
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def local_spark() -> Iterator[Any]:
-    from pyspark.sql import SparkSession
-
-    from imagetag.spark import spark_session
-
-    existing = SparkSession.getActiveSession()
-    session = existing or spark_session(
-        Settings.load(spark={"shuffle_partitions": 2}), "imagetag-bundle-test"
-    )
-    yield session
-    if existing is None:
-        session.stop()
 
 
 def test_round_trip_and_atomic_current_through_hadoop(local_spark: Any, tmp_path: Path) -> None:

@@ -15,13 +15,8 @@ from batch.backfill import BackfillOptions, run_backfill
 from batch.reindex import reindex
 from imagetag.settings import Settings
 from imagetag.solr_admin import SolrAdmin
-from tests.integration.backfill_helpers import (
-    hand_model,
-    images,
-    png,
-    solr_docs,
-    write_archive,
-)
+from imagetag.testing.services import solr_docs
+from tests.integration.backfill_helpers import hand_model, images, png, write_archive
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -16,13 +16,8 @@ from imagetag.avro import AvroDeserializer
 from imagetag.bundle import ModelStore
 from imagetag.datasets import FASHION_MNIST_LABELS, fashion_mnist_paths, read_idx
 from imagetag.settings import Settings
-from tests.integration.backfill_helpers import (
-    hand_model,
-    sha256,
-    solr_docs,
-    topic_values,
-    write_archive,
-)
+from imagetag.testing.services import solr_docs, topic_values
+from tests.integration.backfill_helpers import hand_model, sha256, write_archive
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -14,34 +14,40 @@ import pytest
 
 from batch.backfill import (
     BackfillError,
+    BackfillOptions,
     BackfillState,
     BackfillSummary,
     Split,
     archive_event_rows,
-    canonical,
     event_row,
     expand_splits,
-    file_uri,
     folder_rows,
-    from_hadoop,
-    from_uri,
-    ingest_date_of,
-    is_uri,
-    options_from_args,
+    kafka_watermarks,
     plan_file_groups,
     plan_kafka_ranges,
     plan_ranges,
     round_token,
     rounds,
     sniff_kind,
-    spark_path,
     state_hash,
     token_splits,
 )
 from imagetag.avro import AvroDeserializer
-from imagetag.commands.backfill import add_arguments
+from imagetag.commands.backfill import add_arguments, options_from_args
 from imagetag.datasets import write_sequence_file, write_tiny_images
+from imagetag.errors import ConfigError, ServiceError
+from imagetag.hadoop import (
+    canonical,
+    file_uri,
+    from_hadoop,
+    from_uri,
+    ingest_date_of,
+    is_unable_to_infer_schema,
+    is_uri,
+    spark_path,
+)
 from imagetag.records import decode_events
+from imagetag.settings import Settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
 
@@ -290,8 +296,42 @@ def test_cli_options() -> None:
     assert options_from_args(parser.parse_args(["/x", "--no-archive"])).archive is False
     with pytest.raises(SystemExit):
         parser.parse_args(["--since", "yesterday"])
-    with pytest.raises(BackfillError):
+    with pytest.raises(ConfigError, match="split_size must be at least 1"):
         options_from_args(parser.parse_args(["/x", "--split-size", "0"]))
+
+
+def test_options_validate_themselves() -> None:
+    assert BackfillOptions(source="archive", retag="all").retag == "all"
+    for bad in (
+        {"kind": "zip"},
+        {"retag": "newer"},
+        {"split_size": 0},
+        {"split_bytes": 0},
+        {"splits_per_round": 0},
+        {"max_splits": -1},
+        {"batch_size": 0},
+    ):
+        with pytest.raises(ConfigError):
+            BackfillOptions(**bad)
+    assert BackfillOptions(max_splits=0).max_splits == 0
+
+
+def test_an_empty_sink_is_recognised_by_its_error_condition() -> None:
+    from pyspark.errors import AnalysisException
+
+    empty = AnalysisException(
+        message="[UNABLE_TO_INFER_SCHEMA] Unable to infer schema for Parquet.",
+        errorClass="UNABLE_TO_INFER_SCHEMA",
+        messageParameters={"format": "Parquet"},
+    )
+    assert is_unable_to_infer_schema(empty)
+    other = AnalysisException(
+        message="[PATH_NOT_FOUND] UNABLE_TO_INFER_SCHEMA in a path name is not the condition",
+        errorClass="PATH_NOT_FOUND",
+        messageParameters={"path": "/x"},
+    )
+    assert not is_unable_to_infer_schema(other)
+    assert not is_unable_to_infer_schema(RuntimeError("UNABLE_TO_INFER_SCHEMA"))
 
 
 def test_summary_format() -> None:
@@ -300,3 +340,25 @@ def test_summary_format() -> None:
     assert summary.splits_remaining == 1
     assert summary.as_dict()["images_per_s"] == 5.0
     assert "3 done now" in summary.format() and "1 left of 4" in summary.format()
+
+
+def test_unreachable_kafka_is_a_service_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import confluent_kafka
+
+    class Unreachable:
+        def __init__(self, config: dict[str, object]) -> None:
+            self.closed = False
+
+        def list_topics(self, topic: str, timeout: float) -> None:
+            raise confluent_kafka.KafkaException(
+                "Failed to get metadata: Local: Broker transport failure"
+            )
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", Unreachable)
+    settings = Settings.model_validate({"kafka": {"bootstrap_servers": "nowhere:9"}})
+    with pytest.raises(ServiceError) as raised:
+        kafka_watermarks(settings, "images")
+    assert raised.value.service == "kafka" and raised.value.address == "nowhere:9"

@@ -19,24 +19,28 @@ from batch.retrain import (
     dataset_rows,
     export_partition,
     export_records,
-    options_from_args,
     write_corpus,
 )
-from imagetag.commands.retrain import add_arguments, parse_duration
+from imagetag.commands.retrain import add_arguments, options_from_args
+from imagetag.durations import DurationError, parse_duration
+from imagetag.errors import ConfigError
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 30
 
 
 def test_parse_duration() -> None:
-    assert parse_duration("90") == 90
+    assert parse_duration("90", bare_seconds=True) == 90
     assert parse_duration("90s") == 90
     assert parse_duration("30m") == 1800
     assert parse_duration("6h") == 6 * 3600
     assert parse_duration("1.5d") == 1.5 * 86400
     assert parse_duration("1w") == 7 * 86400
-    for bad in ("", "0", "-1h", "1y", "soon"):
-        with pytest.raises(argparse.ArgumentTypeError):
-            parse_duration(bad)
+    assert parse_duration(" 1h30m ") == 5400
+    for bad in ("", "0", "0s", "-1h", "1y", "soon", "2h-"):
+        with pytest.raises(DurationError):
+            parse_duration(bad, bare_seconds=True)
+    with pytest.raises(DurationError):
+        parse_duration("90")  # a bare number is a duration only where seconds are implied
 
 
 def test_schedule_runs_now_then_every_interval_until_stopped() -> None:
@@ -57,9 +61,25 @@ def test_cli_options() -> None:
     options = options_from_args(args)
     assert options.data == ("fashion-mnist", "/x") and options.retag is None
     assert options.train == {"k": 64} and options.archive_labels
+    assert options.every_s == 6 * 3600
     assert options_from_args(parser.parse_args([])) == RetrainOptions(retag="all")
+    assert options_from_args(parser.parse_args(["--every", "90"])).every_s == 90
     with pytest.raises(SystemExit):
         parser.parse_args(["--every", "often"])
+
+
+def test_options_validate_themselves() -> None:
+    for bad in (
+        {"retag": "newer"},
+        {"train": {"data": "/other"}},
+        {"train": {"k": 0}},
+        {"train": {"colour": "red"}},
+        {"every_s": 0.0},
+        {"max_runs": 0},
+    ):
+        with pytest.raises(ConfigError):
+            RetrainOptions(**bad)
+    assert RetrainOptions(retag=None, train={"k": 8, "trees": 2}).train["k"] == 8
 
 
 def test_corpus_csv_is_sorted_and_unique(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import pytest
 
 from imagetag.bundle import (
     BundleError,
-    BundleWatcher,
     ModelBundle,
     ModelStore,
     build_manifest,
@@ -20,8 +19,11 @@ from imagetag.bundle import (
     show,
 )
 from imagetag.dictionary import VisualDictionary
+from imagetag.errors import NoModelError
 from imagetag.features import get_featurizer
 from imagetag.forest import Forest
+from imagetag.pipeline import CurrentModel
+from imagetag.settings import Settings
 
 CLASSES = ["bag", "shoe"]
 
@@ -133,18 +135,42 @@ def test_versions_current_and_promotion(tmp_path: Path) -> None:
     assert store.allocate_version() == "v0004"
 
 
-def test_watcher_reloads_when_current_moves(tmp_path: Path) -> None:
+class _Broadcast:
+    def __init__(self, value: object) -> None:
+        self.value = value
+        self.unpersisted = False
+
+    def unpersist(self) -> None:
+        self.unpersisted = True
+
+
+class _FakeSpark:
+    """Stands in for a SparkSession: ``sparkContext.broadcast`` is all CurrentModel uses."""
+
+    def __init__(self) -> None:
+        self.sparkContext = self
+        self.broadcasts: list[_Broadcast] = []
+
+    def broadcast(self, value: object) -> _Broadcast:
+        self.broadcasts.append(_Broadcast(value))
+        return self.broadcasts[-1]
+
+
+def test_current_model_reloads_when_current_moves(tmp_path: Path) -> None:
     store = ModelStore(str(tmp_path))
     for k in (4, 6):
         store.write(make_bundle(store, k=k))
-    watcher = BundleWatcher(store)
-    with pytest.raises(BundleError):
-        watcher.get()
+    spark = _FakeSpark()
+    models = CurrentModel(spark, Settings.model_validate({"model_store": str(tmp_path)}))  # type: ignore[arg-type]
+    with pytest.raises(NoModelError, match="no model in"):
+        models.get()
     store.promote("v0001")
-    first = watcher.get()
-    assert watcher.get() is first  # no reload while CURRENT stays
+    first = models.get()
+    assert models.get() is first and len(spark.broadcasts) == 1  # no reload while CURRENT stays
+    assert models.version == "v0001"
     store.promote("v0002")
-    assert watcher.get().dictionary.k == 6
+    assert models.get().value.dictionary.k == 6 and models.version == "v0002"
+    assert spark.broadcasts[0].unpersisted  # the old model's broadcast is freed
 
 
 def test_missing_version(tmp_path: Path) -> None:

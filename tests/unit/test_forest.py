@@ -9,36 +9,9 @@ import pandas as pd
 import pytest
 
 from imagetag.forest import Forest, ForestError
+from imagetag.testing.models import leaf, split
 
 CLASSES = ["cat", "dog", "owl"]
-
-
-def _leaf(tree: int, node: int, prediction: int, stats: list[float]) -> dict[str, object]:
-    return {
-        "tree": tree,
-        "id": node,
-        "left": -1,
-        "right": -1,
-        "feature": -1,
-        "threshold": np.inf,
-        "categorical": False,
-        "prediction": float(prediction),
-        "stats": stats,
-    }
-
-
-def _split(tree: int, node: int, left: int, right: int, feature: int, threshold: float) -> dict:
-    return {
-        "tree": tree,
-        "id": node,
-        "left": left,
-        "right": right,
-        "feature": feature,
-        "threshold": threshold,
-        "categorical": False,
-        "prediction": 0.0,
-        "stats": [1.0, 1.0, 1.0],
-    }
 
 
 def _forest() -> Forest:
@@ -51,21 +24,21 @@ def _forest() -> Forest:
     t4: x0 <= 0.25 ? cat(stats mixed 3:1) : owl
     """
     rows = [
-        _split(0, 0, 1, 2, 0, 0.5),
-        _leaf(0, 1, 0, [5, 0, 0]),
-        _leaf(0, 2, 1, [0, 5, 0]),
-        _split(1, 0, 1, 2, 0, 0.5),
-        _leaf(1, 1, 0, [4, 0, 0]),
-        _split(1, 2, 3, 4, 1, 0.5),
-        _leaf(1, 3, 1, [0, 2, 0]),
-        _leaf(1, 4, 2, [0, 0, 3]),
-        _split(2, 0, 1, 2, 1, 0.5),
-        _leaf(2, 1, 0, [6, 0, 0]),
-        _leaf(2, 2, 2, [0, 0, 6]),
-        _leaf(3, 0, 1, [0, 9, 0]),
-        _split(4, 0, 1, 2, 0, 0.25),
-        _leaf(4, 1, 0, [3, 1, 0]),
-        _leaf(4, 2, 2, [0, 0, 2]),
+        split(0, 0, 1, 2, 0, 0.5),
+        leaf(0, 1, 0, [5, 0, 0]),
+        leaf(0, 2, 1, [0, 5, 0]),
+        split(1, 0, 1, 2, 0, 0.5),
+        leaf(1, 1, 0, [4, 0, 0]),
+        split(1, 2, 3, 4, 1, 0.5),
+        leaf(1, 3, 1, [0, 2, 0]),
+        leaf(1, 4, 2, [0, 0, 3]),
+        split(2, 0, 1, 2, 1, 0.5),
+        leaf(2, 1, 0, [6, 0, 0]),
+        leaf(2, 2, 2, [0, 0, 6]),
+        leaf(3, 0, 1, [0, 9, 0]),
+        split(4, 0, 1, 2, 0, 0.25),
+        leaf(4, 1, 0, [3, 1, 0]),
+        leaf(4, 2, 2, [0, 0, 2]),
     ]
     shuffled = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # order must not matter
     return Forest.from_nodes(shuffled, CLASSES, n_features=2)
@@ -129,7 +102,7 @@ def test_batch_equals_row_by_row() -> None:
 
 
 def test_refuses_categorical_splits_and_bad_ids() -> None:
-    rows = [_split(0, 0, 1, 2, 0, 0.5), _leaf(0, 1, 0, [1, 0, 0]), _leaf(0, 2, 1, [0, 1, 0])]
+    rows = [split(0, 0, 1, 2, 0, 0.5), leaf(0, 1, 0, [1, 0, 0]), leaf(0, 2, 1, [0, 1, 0])]
     categorical = pd.DataFrame(rows)
     categorical.loc[0, "categorical"] = True
     with pytest.raises(ForestError, match="categorical"):

@@ -7,8 +7,9 @@ import numpy as np
 import pysolr
 import pytest
 
+from imagetag.documents import VECTOR_DIM, project_vector, to_solr_doc, vote_field
 from imagetag.settings import Settings
-from imagetag.solr import VECTOR_DIM, SolrWriter, project_vector, to_solr_doc, vote_field
+from imagetag.solr import SolrWriter
 
 
 def test_vote_fields_are_valid_solr_names() -> None:

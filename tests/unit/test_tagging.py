@@ -12,11 +12,10 @@ import pytest
 
 from imagetag.bundle import ModelBundle
 from imagetag.dictionary import VisualDictionary
-from imagetag.features import get_featurizer
-from imagetag.forest import Forest
 from imagetag.images import decode_image
 from imagetag.settings import ImageLimits
 from imagetag.tagging import DEAD_COLUMNS, REVIEW_COLUMNS, TAGGED_COLUMNS, tag_batch
+from imagetag.testing.models import hand_built_bundle, leaf, small_featurizer, stump
 
 CLASSES = ["blank", "textured", "other"]
 
@@ -36,22 +35,6 @@ def _textured(seed: int = 0) -> bytes:
     return _png(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
 
 
-def _leaf(tree: int, prediction: int) -> dict[str, object]:
-    stats = [0.0] * len(CLASSES)
-    stats[prediction] = 1.0
-    return {
-        "tree": tree,
-        "id": 0,
-        "left": -1,
-        "right": -1,
-        "feature": -1,
-        "threshold": np.inf,
-        "categorical": False,
-        "prediction": float(prediction),
-        "stats": stats,
-    }
-
-
 def _model(fixed_votes: list[int] | None = None) -> ModelBundle:
     """Dense SIFT + 4 words (word 0 = the zero descriptor of a flat image).
 
@@ -60,23 +43,15 @@ def _model(fixed_votes: list[int] | None = None) -> ModelBundle:
     a blank image puts every descriptor on word 0 -> "blank" with 5/5 votes; a noisy one
     -> "textured". ``fixed_votes``: single-leaf trees voting those classes whatever the input.
     """
-    featurizer = get_featurizer("dense-sift", size=32, step=8, scales=[3.0], margin=4)
     rng = np.random.default_rng(0)
     centers = np.vstack([np.zeros(128), rng.random((3, 128)) / 8]).astype(np.float32)
     dictionary = VisualDictionary(centers, levels=2, normalization="sqrt")
+    n = len(CLASSES)
     if fixed_votes is None:
-        rows = []
-        for tree in range(5):
-            rows += [
-                {**_leaf(tree, 0), "left": 1, "right": 2, "feature": 0, "threshold": 0.5},
-                {**_leaf(tree, 1), "id": 1},
-                {**_leaf(tree, 0), "id": 2},
-            ]
+        nodes = [node for tree in range(5) for node in stump(tree, 0, 0.5, 1, 0, n)]
     else:
-        rows = [_leaf(tree, c) for tree, c in enumerate(fixed_votes)]
-    forest = Forest.from_nodes(pd.DataFrame(rows), CLASSES, n_features=dictionary.dim)
-    manifest = {"version": "v0007", "vote_threshold": 0.4, "color_k": 2}
-    return ModelBundle("v0007", manifest, featurizer, dictionary, forest)
+        nodes = [leaf(tree, 0, c, n_classes=n) for tree, c in enumerate(fixed_votes)]
+    return hand_built_bundle(small_featurizer(), dictionary, nodes, CLASSES, version="v0007")
 
 
 def _events(images: list[bytes | None], **extra: list[object]) -> pd.DataFrame:

@@ -12,14 +12,15 @@ import pytest
 from batch.train import (
     SHARD_SIZE,
     TrainError,
+    TrainOptions,
     classification_metrics,
     format_metrics,
-    options_from_args,
     plan_corpus,
     read_shard,
 )
-from imagetag.commands.train import add_arguments
+from imagetag.commands.train import add_arguments, options_from_args
 from imagetag.datasets import FASHION_MNIST_ROOT
+from imagetag.errors import ConfigError
 
 
 def _write_png(path: Path, value: int) -> None:
@@ -119,3 +120,26 @@ def test_arguments_and_featurizer_params() -> None:
     )
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "x", "--promote", "--no-promote"])
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        options_from_args(parser.parse_args(["--data", "x", "--featurizer-param", "step"]))
+
+
+def test_options_validate_themselves() -> None:
+    assert TrainOptions(data="fashion-mnist", k=8, neighbors=8, depth=0).neighbors == 8
+    for bad in (
+        {"data": ""},
+        {"featurizer": "surf"},
+        {"pooling": "mean"},
+        {"normalization": "l3"},
+        {"promote": "sometimes"},
+        {"k": 0},
+        {"levels": 5},
+        {"neighbors": 9, "k": 8},
+        {"trees": 0},
+        {"max_bins": 1},
+        {"limit": 0},
+        {"subsampling": 0.0},
+        {"test_fraction": 1.0},
+    ):
+        with pytest.raises(ConfigError):
+            TrainOptions(**{"data": "fashion-mnist", **bad})  # type: ignore[arg-type]
