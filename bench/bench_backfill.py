@@ -35,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from imagetag.instrumentation import MemoryPeaks
 from imagetag.settings import Settings
 from imagetag.stack import LocalStack
 from imagetag.testing.services import isolated_settings
@@ -69,73 +70,6 @@ def generate_tiny(path: Path, count: int, seed: int = 0, chunk: int = 10_000) ->
             # record = MATLAB uint8[32, 32, 3] column-major: row fastest, then column, channel
             out.write(np.ascontiguousarray(batch.transpose(0, 3, 2, 1)).tobytes())
     os.replace(tmp, path)
-
-
-# -- memory --------------------------------------------------------------------------------------
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(parent, []).append(int(entry))
-    return tree
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-@dataclass
-class MemoryPeaks:
-    driver_python: float = 0.0
-    jvm: float = 0.0
-    worker_max: float = 0.0
-    workers_total: float = 0.0
-    samples: int = 0
-
-    def sample(self, driver: int) -> None:
-        tree = _children()
-        descendants: list[int] = []
-        stack = list(tree.get(driver, []))
-        while stack:
-            pid = stack.pop()
-            descendants.append(pid)
-            stack.extend(tree.get(pid, []))
-        commands = {p: _cmdline(p) for p in descendants}
-        jvm = [p for p, c in commands.items() if c.split(" ")[0].endswith("java")]
-        workers = [
-            p
-            for p, c in commands.items()
-            if p not in jvm and ("pyspark.daemon" in c or "pyspark.worker" in c)
-        ]
-        worker_rss = [_rss_mib(p) for p in workers]
-        self.driver_python = max(self.driver_python, _rss_mib(driver))
-        self.jvm = max(self.jvm, sum(_rss_mib(p) for p in jvm))
-        self.worker_max = max([self.worker_max, *worker_rss])
-        self.workers_total = max(self.workers_total, sum(worker_rss))
-        self.samples += 1
 
 
 # -- a run ---------------------------------------------------------------------------------------

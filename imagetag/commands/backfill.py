@@ -1,4 +1,4 @@
-"""``imagetag backfill SOURCE``: tag a historical corpus with Spark (see batch/backfill.py).
+"""``imagetag backfill SOURCE``: tag a historical corpus with Spark (see batch/backfill/).
 
 The parser lives here and turns the arguments into the job's ``BackfillOptions``; the job
 (``batch.backfill.run``) returns a ``BackfillSummary``, printed here.

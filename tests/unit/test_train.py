@@ -126,6 +126,8 @@ def test_arguments_and_featurizer_params() -> None:
 
 def test_options_validate_themselves() -> None:
     assert TrainOptions(data="fashion-mnist", k=8, neighbors=8, depth=0).neighbors == 8
+    # More neighbours than words is allowed: the dictionary's fit caps soft codes at k.
+    assert TrainOptions(data="fashion-mnist", k=4, neighbors=5).neighbors == 5
     for bad in (
         {"data": ""},
         {"featurizer": "surf"},
@@ -134,7 +136,7 @@ def test_options_validate_themselves() -> None:
         {"promote": "sometimes"},
         {"k": 0},
         {"levels": 5},
-        {"neighbors": 9, "k": 8},
+        {"neighbors": 0},
         {"trees": 0},
         {"max_bins": 1},
         {"limit": 0},
@@ -143,3 +145,35 @@ def test_options_validate_themselves() -> None:
     ):
         with pytest.raises(ConfigError):
             TrainOptions(**{"data": "fashion-mnist", **bad})  # type: ignore[arg-type]
+
+
+def test_progress_prints_each_stage_with_its_wall_and_cpu_time() -> None:
+    from imagetag.instrumentation import Progress
+
+    lines: list[str] = []
+    clock = iter([1.0, 3.5])
+    progress = Progress(lines.append, cpu=lambda: next(clock))
+    with progress.stage("plan", "listing"):
+        progress.note("4 shards")
+    assert lines[:2] == ["[plan] listing ...", "    4 shards"]
+    assert lines[2].startswith("[plan] done in ") and lines[2].endswith(" s (cpu 2.5 s)")
+    assert progress.cpu_seconds == {"plan": 2.5} and set(progress.timings) == {"plan"}
+
+
+def test_descendants_finds_a_child_process_and_its_memory() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from imagetag.instrumentation import MemoryPeaks, descendants, status_kib
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in descendants(os.getpid())
+        assert status_kib(child.pid, "VmRSS") > 0
+        peaks = MemoryPeaks()
+        peaks.sample(os.getpid())
+        assert peaks.samples == 1 and peaks.driver_python > 0
+    finally:
+        child.kill()
+        child.wait()

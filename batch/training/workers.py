@@ -1,0 +1,219 @@
+"""The worker-side stages of training: ``mapInPandas`` functions (shards or vectors in, pandas
+batches out) and the schemas of what they yield. OpenCV runs single-threaded in each worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from batch.training.corpus import read_shard
+from imagetag.bundle import ModelBundle
+from imagetag.dictionary import VisualDictionary
+from imagetag.errors import RecordError
+from imagetag.features import Featurizer, single_threaded_opencv
+from imagetag.forest import Forest
+from imagetag.settings import ImageLimits
+
+# What mapInPandas is given: batches of input rows in, batches of output rows out.
+MapFunction = Callable[[Iterable[pd.DataFrame]], Iterator[pd.DataFrame]]
+
+
+def _extract(
+    featurizer: Featurizer, limits: ImageLimits, data: bytes
+) -> tuple[np.ndarray, np.ndarray] | None:
+    from imagetag.images import decode_image
+
+    try:
+        image = decode_image(data, limits)
+        features = featurizer.extract(image)
+    except RecordError:
+        return None
+    return features.descriptors, features.positions
+
+
+def sample_descriptors(
+    featurizer: Featurizer, limits: ImageLimits, image_rate: float, per_image: int, seed: int
+) -> MapFunction:
+    """mapInPandas function: shards -> rows of ``descriptor`` (array<float>)."""
+
+    def run(shards: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        single_threaded_opencv()
+        for frame in shards:
+            for shard in frame.to_dict("records"):
+                rng = np.random.default_rng([seed, int(shard["shard"])])
+                picked: list[np.ndarray] = []
+                for _, data, _ in read_shard(shard):
+                    if rng.random() >= image_rate:
+                        continue
+                    extracted = _extract(featurizer, limits, data)
+                    if extracted is None or len(extracted[0]) == 0:
+                        continue
+                    descriptors = extracted[0]
+                    take = min(per_image, len(descriptors))
+                    rows = rng.choice(len(descriptors), take, replace=False)
+                    picked.append(descriptors[rows])
+                if picked:
+                    stacked = np.concatenate(picked).astype(np.float32)
+                    yield pd.DataFrame({"descriptor": list(stacked)})
+
+    return run
+
+
+def encoded_schema() -> Any:
+    """split, label, name and the encoded ``features`` as an ML vector (not expressible in DDL)."""
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    return StructType(
+        [
+            StructField("split", StringType()),
+            StructField("label", StringType()),
+            StructField("name", StringType()),
+            StructField("features", VectorUDT()),
+        ]
+    )
+
+
+def encode_shards(featurizer: Featurizer, limits: ImageLimits, dictionary: Any) -> MapFunction:
+    """mapInPandas function: shards -> one sparse encoded vector per decodable record.
+
+    ``dictionary`` is a Spark broadcast of the VisualDictionary.
+    """
+
+    def run(shards: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        single_threaded_opencv()
+        vd: VisualDictionary = dictionary.value
+        for frame in shards:
+            for shard in frame.to_dict("records"):
+                names, labels, descriptors, positions = [], [], [], []
+                for name, data, label in read_shard(shard):
+                    extracted = _extract(featurizer, limits, data)
+                    if extracted is None:
+                        continue
+                    names.append(name)
+                    labels.append(label)
+                    descriptors.append(extracted[0])
+                    positions.append(extracted[1])
+                if not names:
+                    continue
+                counts = np.array([len(d) for d in descriptors])
+                vectors = vd.encode_batch(
+                    np.concatenate(descriptors),
+                    np.repeat(np.arange(len(names)), counts),
+                    len(names),
+                    np.concatenate(positions),
+                )
+                yield pd.DataFrame(
+                    {
+                        "split": shard["split"],
+                        "label": labels,
+                        "name": names,
+                        "features": [_sparse(v) for v in vectors],
+                    }
+                )
+
+    return run
+
+
+def _sparse(vector: np.ndarray) -> dict[str, Any]:
+    """An ML SparseVector in the struct form that Arrow hands to Spark's VectorUDT."""
+    nonzero = np.flatnonzero(vector)
+    return {
+        "type": 0,
+        "size": len(vector),
+        "indices": nonzero.astype(np.int32).tolist(),
+        "values": vector[nonzero].astype(np.float64).tolist(),
+    }
+
+
+def _dense(vectors: pd.Series, size: int) -> np.ndarray:
+    """ML vectors (SparseVector/DenseVector objects or their struct dicts) -> float32[n, size]."""
+    dense = np.zeros((len(vectors), size), np.float32)
+    for row, vec in enumerate(vectors):
+        if isinstance(vec, dict):
+            if vec.get("type") == 1:  # dense
+                dense[row] = vec["values"]
+            else:
+                dense[row, np.asarray(vec["indices"], np.int64)] = vec["values"]
+        elif hasattr(vec, "indices"):
+            dense[row, vec.indices] = vec.values
+        else:
+            dense[row] = vec.toArray()
+    return dense
+
+
+PREDICTION_SCHEMA = "label double, predicted int, confidence float, fractions array<float>"
+
+
+def predict_vectors(
+    forest: Any,
+) -> MapFunction:
+    """mapInPandas function: (label_index, features) -> hard votes of the compiled forest.
+
+    ``forest`` is a Spark broadcast of the compiled Forest.
+    """
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        compiled: Forest = forest.value
+        for frame in frames:
+            for start in range(0, len(frame), 512):
+                part = frame.iloc[start : start + 512]
+                dense = _dense(part["features"], compiled.n_features)
+                votes = compiled.vote(dense)
+                yield pd.DataFrame(
+                    {
+                        "label": part["label_index"].to_numpy(np.float64),
+                        "predicted": votes.fractions.argmax(axis=1).astype(np.int32),
+                        "confidence": votes.confidence,
+                        "fractions": list(votes.fractions),
+                    }
+                )
+
+    return run
+
+
+EVAL_SCHEMA = "label string, predicted string, confidence float, fractions array<float>"
+
+
+def evaluate_bundle_on_shards(bundle: Any, limits: ImageLimits) -> MapFunction:
+    """mapInPandas function: test shards -> the votes of a whole bundle (decode to vote).
+
+    Used to score the CURRENT bundle on this run's held-out split. ``bundle`` is a broadcast.
+    """
+
+    def run(shards: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        single_threaded_opencv()
+        model: ModelBundle = bundle.value
+        for frame in shards:
+            for shard in frame.to_dict("records"):
+                labels, descriptors, positions = [], [], []
+                for _, data, label in read_shard(shard):
+                    extracted = _extract(model.featurizer, limits, data)
+                    if extracted is None:
+                        continue
+                    labels.append(label)
+                    descriptors.append(extracted[0])
+                    positions.append(extracted[1])
+                if not labels:
+                    continue
+                counts = np.array([len(d) for d in descriptors])
+                vectors = model.dictionary.encode_batch(
+                    np.concatenate(descriptors),
+                    np.repeat(np.arange(len(labels)), counts),
+                    len(labels),
+                    np.concatenate(positions),
+                )
+                votes = model.forest.vote(vectors)
+                yield pd.DataFrame(
+                    {
+                        "label": labels,
+                        "predicted": [str(x) for x in votes.labels],
+                        "confidence": votes.confidence,
+                        "fractions": list(votes.fractions),
+                    }
+                )
+
+    return run
