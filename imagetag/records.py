@@ -40,9 +40,10 @@ def _serde() -> tuple[AvroDeserializer, AvroSerializer, AvroSerializer]:
     )
 
 
-def _ms(value: Any) -> int | None:
-    """Epoch milliseconds from a datetime / pandas Timestamp / number."""
-    if value is None or (isinstance(value, float) and value != value):
+def epoch_ms(value: Any) -> int | None:
+    """Epoch milliseconds from a datetime / pandas Timestamp / number (None for missing:
+    None, NaN, NaT)."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
         return None
     if isinstance(value, pd.Timestamp):
         return int(value.value // 1_000_000)
@@ -53,7 +54,7 @@ def _ms(value: Any) -> int | None:
     return int(value)
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
 
 
@@ -82,7 +83,7 @@ def dead_letter(
         "stage": stage,
         "reason": reason,
         "detail": detail[:2000],
-        "failed_at": _now_ms(),
+        "failed_at": now_ms(),
     }
     return (None if key is None else bytes(key)), serialize(letter)
 
@@ -131,13 +132,13 @@ def _decode_event(
             "id_mismatch",
             f"id {str(event['id'])[:16]}... is not the sha256 of the image ({digest[:16]}...)",
         )
-    produced_at = _ms(event["produced_at"])
+    produced_at = epoch_ms(event["produced_at"])
     if produced_at is None or not _MIN_MS <= produced_at <= _MAX_MS:
         raise RecordError(
             "avro", "bad_timestamp", f"produced_at {event['produced_at']} out of range"
         )
     event["produced_at"] = produced_at
-    event["ingested_at"] = event["timestamp"] = _ms(timestamp)
+    event["ingested_at"] = event["timestamp"] = epoch_ms(timestamp)
     event["topic"], event["partition"], event["offset"] = coords
     event["kafka_key"] = None if key is None else bytes(key)
     event["kafka_value"] = bytes(value)
@@ -165,7 +166,7 @@ def _tag_result(row: dict[str, Any], event: dict[str, Any], threshold: float) ->
         "metadata": dict(event.get("metadata") or {}),
         "produced_at": int(event.get("produced_at") or 0),
         "ingested_at": int(event.get("ingested_at") or 0),
-        "tagged_at": _ms(row.get("tagged_at")) or _now_ms(),
+        "tagged_at": epoch_ms(row.get("tagged_at")) or now_ms(),
     }
 
 
@@ -258,7 +259,7 @@ def _output_row(
         row.setdefault("label", event.get("label"))
         row["ingested_at"] = event.get("ingested_at")
         produced = event.get("produced_at")
-        tagged_at = _ms(row.get("tagged_at")) or _now_ms()
+        tagged_at = epoch_ms(row.get("tagged_at")) or now_ms()
         latency = tagged_at - produced if produced else None
         return ("tagged", row["id"], json.dumps(to_solr_doc(row)), None, None, latency)
     if kind == "review":

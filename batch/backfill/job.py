@@ -46,6 +46,7 @@ from batch.backfill.state import BackfillState, round_token, state_hash, token_s
 from imagetag.contracts import BACKFILL_ARCHIVE_SCHEMA, KAFKA_COLUMNS, KAFKA_SCHEMA
 from imagetag.errors import NoModelError
 from imagetag.hadoop import archive_roots, canonical, file_uri, from_hadoop, spark_path
+from imagetag.records import now_ms
 from imagetag.settings import Settings
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class Backfill:
             or f"{settings.checkpoint_dir.rstrip('/')}/backfill/{state_hash(identity)}"
         )
         self.manifest = self.state.open(
-            {"source": self.path, "kind": self.kind, "options": identity, "started_ms": _now_ms()},
+            {"source": self.path, "kind": self.kind, "options": identity, "started_ms": now_ms()},
             fresh=options.fresh,
         )
         self.stamp_ms = int(self.manifest["started_ms"])
@@ -499,10 +500,6 @@ class Backfill:
             log.warning(
                 "final Solr commit failed (%s); documents become visible by commitWithin", exc
             )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool | None) -> Any:

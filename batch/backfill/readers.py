@@ -7,7 +7,6 @@ archive rows). Spark pickles them by reference: they stay in this importable mod
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +18,7 @@ from batch.backfill.options import BackfillError, Split
 from imagetag.contracts import KAFKA_COLUMNS
 from imagetag.formats import CONTENT_TYPES, sniff_format
 from imagetag.hadoop import file_uri, from_hadoop, from_uri
+from imagetag.records import epoch_ms
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,7 +171,7 @@ def folder_rows(
                     source=file_uri(key),
                     label=label,
                     metadata={"dataset": "folder", "name": relative},
-                    produced_at_ms=_ms(modified) or stamp_ms,
+                    produced_at_ms=epoch_ms(modified) or stamp_ms,
                     topic=topic,
                     partition=index,
                     offset=offset,
@@ -223,7 +223,7 @@ def archive_event_rows(
     for frame in batches:
         rows = []
         for record in frame.to_dict("records"):
-            ingested = _ms(record["ingested_at"]) or 0
+            ingested = epoch_ms(record["ingested_at"]) or 0
             rows.append(
                 event_row(
                     record["image"],
@@ -232,7 +232,7 @@ def archive_event_rows(
                     source=str(record.get("source") or ""),
                     label=record.get("label"),
                     metadata=dict(record.get("metadata") or {}),
-                    produced_at_ms=_ms(record.get("produced_at")) or ingested,
+                    produced_at_ms=epoch_ms(record.get("produced_at")) or ingested,
                     topic=topic,
                     partition=places.get(from_uri(record["file_path"]), -1),
                     offset=int(record["row_index"]),
@@ -257,20 +257,3 @@ def archive_split_rows(
             for p, o in zip(archived["kafka_partition"], archived["kafka_offset"], strict=True)
         ]
         yield archived
-
-
-def _ms(value: Any) -> int | None:
-    """Epoch milliseconds from a pandas / datetime timestamp (None for missing)."""
-    import pandas as pd
-
-    if value is None or value is pd.NaT:
-        return None
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, pd.Timestamp):
-        return int(value.value // 1_000_000)
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1000)
-    return int(value)
