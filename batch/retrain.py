@@ -42,8 +42,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.backfill import RETAG_MODES
+from batch.training.corpus import labelled_files, training_kind
+from batch.training.options import TrainError
+from imagetag import sourceformats
+from imagetag.datasets import FASHION_MNIST_LABELS, FASHION_MNIST_ROOT
 from imagetag.errors import ConfigError, ImagetagError
+from imagetag.formats import SUFFIXES
 from imagetag.settings import Settings
+from imagetag.sourceformats import SourceKind
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,14 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imagetag.retrain")
 
-EXTENSIONS = {
-    "image/png": ".png",
-    "image/jpeg": ".jpg",
-    "image/gif": ".gif",
-    "image/bmp": ".bmp",
-    "image/tiff": ".tif",
-    "image/webp": ".webp",
-}
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -170,43 +168,28 @@ def export_records(
 
 
 def dataset_rows(source: str, work: Path) -> list[tuple[str, str]]:
-    """(absolute path, label) of every labelled image of a configured training set."""
-    from imagetag import datasets
-
-    if source == "fashion-mnist" or source.startswith("fashion-mnist:"):
-        root = source.partition(":")[2] or str(datasets.FASHION_MNIST_ROOT)
-        folder = work / "sets" / f"fashion-mnist-{_digest(root)}"
-        rows: list[tuple[str, str]] = []
-        for split in ("train", "test"):
-            images, labels = datasets.fashion_mnist_paths(split, root)
-            records = datasets.read_idx(images, labels, label_names=datasets.FASHION_MNIST_LABELS)
-            rows += export_records(((r.name, r.data, r.label) for r in records), folder)
-        return rows
-    path = Path(source)
-    if path.is_dir() and any(path.glob("data_batch_*")):
-        folder = work / "sets" / f"cifar-{_digest(str(path.resolve()))}"
-        rows = []
-        for batch in datasets.cifar10_batches(path):
-            records = datasets.read_cifar10(batch)
-            rows += export_records(((r.name, r.data, r.label) for r in records), folder)
-        return rows
-    if path.is_file() and path.suffix.lower() == ".csv":
-        out = []
-        for name, label in datasets.read_label_csv(path).items():
-            file = Path(name) if Path(name).is_absolute() else path.parent / name
-            out.append((str(file.resolve()), label))
-        return out
-    if path.is_dir():
-        lookup = datasets.LabelLookup(path, "folder")
-        out = []
-        for file in datasets.iter_files(path):
-            folder_label = lookup(file)
-            if folder_label is not None:
-                out.append((str(file.resolve()), folder_label))
-        return out
-    raise RetrainError(
-        f"--data {source}: not fashion-mnist, a CIFAR batches folder, a folder or a .csv"
-    )
+    """(absolute path, label) of every labelled image of a configured training set, of the
+    kinds the trainer reads (``batch.training.corpus.training_kind``): Fashion-MNIST and
+    CIFAR batches are exported once as PNG files under ``work``; a folder or a CSV lists its
+    files as they are."""
+    try:
+        kind = training_kind(source)
+    except TrainError as exc:
+        raise RetrainError(str(exc)) from exc
+    if kind is None or kind is SourceKind.FOLDER:
+        return labelled_files(source)
+    if kind is SourceKind.IDX:
+        folder = work / "sets" / f"fashion-mnist-{_digest(str(FASHION_MNIST_ROOT))}"
+        names = list(FASHION_MNIST_LABELS)
+        files = [sourceformats.fashion_mnist(split) for split in ("train", "test")]
+    else:
+        folder = work / "sets" / f"cifar-{_digest(str(Path(source).resolve()))}"
+        names, files = None, [Path(source)]
+    rows: list[tuple[str, str]] = []
+    for path in files:
+        records = sourceformats.read(kind, path, label_names=names)
+        rows += export_records(((r.name, r.data, r.label) for r in records), folder)
+    return rows
 
 
 def _digest(text: str) -> str:
@@ -226,7 +209,7 @@ def export_partition(folder: str) -> Callable[[Iterable[pd.DataFrame]], Iterator
             ):
                 if hashlib.sha256(bytes(image)).hexdigest() != image_id:
                     continue  # not honest about its content: never train on it
-                extension = EXTENSIONS.get(str(content_type), ".img")
+                extension = SUFFIXES.get(str(content_type), ".img")
                 path = Path(folder) / _slug(str(label)) / f"{image_id}{extension}"
                 _write_once(path, bytes(image))
                 out.append((str(path), str(label)))

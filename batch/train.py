@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from batch.training.corpus import (
     FASHION_MNIST,
-    IMAGE_EXTENSIONS,
     SHARD_SIZE,
     Corpus,
     plan_corpus,
@@ -83,7 +82,6 @@ __all__ = [
     "EVAL_SCHEMA",
     "FASHION_MNIST",
     "FEATURIZER_NAMES",
-    "IMAGE_EXTENSIONS",
     "PREDICTION_SCHEMA",
     "PROMOTE_POLICIES",
     "SHARD_SIZE",

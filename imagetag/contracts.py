@@ -60,15 +60,14 @@ SHARD_COLUMNS: tuple[str, ...] = (
     "split",
     "kind",
     "path",
-    "labels_path",
     "start",
     "count",
     "files",
     "file_labels",
 )
 SHARD_SCHEMA = (
-    "shard long, split string, kind string, path string, labels_path string, "
-    "start long, count long, files array<string>, file_labels array<string>"
+    "shard long, split string, kind string, path string, start long, count long, "
+    "files array<string>, file_labels array<string>"
 )
 
 

@@ -342,15 +342,11 @@ def read_tiny_images(
     DatasetError when the file size is not a multiple of 3072.
     """
     bin_path = Path(bin_path)
-    size = bin_path.stat().st_size
-    if size % TINY_IMAGE_BYTES:
-        raise DatasetError(f"{bin_path}: size {size} is not a multiple of {TINY_IMAGE_BYTES}")
-    selected = _slice(size // TINY_IMAGE_BYTES, start, count)
+    total = count_tiny_images(bin_path)
+    selected = _slice(total, start, count)
     if not selected:
         return
-    records = np.memmap(
-        bin_path, dtype=np.uint8, mode="r", shape=(size // TINY_IMAGE_BYTES, TINY_IMAGE_BYTES)
-    )
+    records = np.memmap(bin_path, dtype=np.uint8, mode="r", shape=(total, TINY_IMAGE_BYTES))
     for index in selected:
         rgb = records[index].reshape(32, 32, 3, order="F")
         yield Record(f"{bin_path.name}#{index}", _png(np.ascontiguousarray(rgb[:, :, ::-1])), None)
@@ -836,32 +832,50 @@ def read_folder(
         yield Record(path.relative_to(base).as_posix(), data, lookup(path))
 
 
-# -- counting -------------------------------------------------------------------------------
+# -- sniffing and counting (one format at a time; imagetag.sourceformats combines them) -------
 
 
-def count_records(path: str | Path) -> int:
-    """How many images a dataset file or folder holds, without decoding any.
+def head(path: str | Path, size: int = 4, gunzip: bool = False) -> bytes:
+    """The first ``size`` bytes of a file (of its gzip content with ``gunzip``); b"" when it
+    cannot be read."""
+    try:
+        with _open_maybe_gzip(Path(path)) if gunzip else open(path, "rb") as stream:
+            return stream.read(size)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return b""
 
-    idx (header), Tiny Images ``.bin`` (file size), SequenceFile (scans the framing, skipping
-    values), CIFAR python batch (unpickles the batch), folder (counts files). Raises
-    DatasetError when the format is not recognised.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return sum(1 for _ in iter_files(path))
-    with _open_maybe_gzip(path) as probe:
-        head = probe.read(4)
-    if head[:3] == _SEQ_MAGIC:
-        return sum(1 for _ in _iter_seq_raw(path, decompress_values=False))
-    if len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in _IDX_TYPES:
-        with _open_maybe_gzip(path) as stream:
-            return _idx_header(stream, path)[1][0]
-    if path.suffix == ".bin":
-        size = path.stat().st_size
-        if size % TINY_IMAGE_BYTES:
-            raise DatasetError(f"{path}: size {size} is not a multiple of {TINY_IMAGE_BYTES}")
-        return size // TINY_IMAGE_BYTES
-    if head[:1] == b"\x80":  # a pickle
-        batch = _load_pickle(path)
-        return len(batch.get("labels", batch.get("fine_labels", [])))
-    raise DatasetError(f"cannot count records in {path}: unrecognised format")
+
+def is_idx(path: str | Path) -> bool:
+    """An idx header (``00 00 <type> <ndim>``), gzip-compressed or not."""
+    magic = head(path, gunzip=True)
+    return len(magic) == 4 and magic[:2] == b"\x00\x00" and magic[2] in _IDX_TYPES
+
+
+def count_idx(path: str | Path) -> int:
+    """The first dimension of an idx file, from its header."""
+    with _open_maybe_gzip(Path(path)) as stream:
+        return _idx_header(stream, Path(path))[1][0]
+
+
+def is_sequence_file(path: str | Path) -> bool:
+    return head(path)[:3] == _SEQ_MAGIC
+
+
+def count_sequence_file(path: str | Path) -> int:
+    """Records of a SequenceFile: scans the framing, skipping the values."""
+    return sum(1 for _ in _iter_seq_raw(Path(path), decompress_values=False))
+
+
+def count_cifar(batch_path: str | Path) -> int:
+    """Images of one CIFAR python batch (unpickles the batch)."""
+    batch = _load_pickle(Path(batch_path))
+    return len(batch.get("labels", batch.get("fine_labels", [])))
+
+
+def count_tiny_images(bin_path: str | Path) -> int:
+    """Records of a Tiny Images ``.bin``, from its size; DatasetError when it is not a multiple
+    of 3072."""
+    size = Path(bin_path).stat().st_size
+    if size % TINY_IMAGE_BYTES:
+        raise DatasetError(f"{bin_path}: size {size} is not a multiple of {TINY_IMAGE_BYTES}")
+    return size // TINY_IMAGE_BYTES

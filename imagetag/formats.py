@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import re
 
-# format -> MIME type (the ``content_type`` of an ImageEvent)
-CONTENT_TYPES: dict[str, str] = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "gif": "image/gif",
-    "bmp": "image/bmp",
-    "tiff": "image/tiff",
-    "webp": "image/webp",
+# The one table of the image formats we accept: format -> (MIME type, file suffixes; the
+# first is the one we write). Everything else derives from it.
+_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "jpeg": ("image/jpeg", (".jpg", ".jpeg")),
+    "png": ("image/png", (".png",)),
+    "gif": ("image/gif", (".gif",)),
+    "bmp": ("image/bmp", (".bmp",)),
+    "tiff": ("image/tiff", (".tif", ".tiff")),
+    "webp": ("image/webp", (".webp",)),
 }
 
+# format -> MIME type (the ``content_type`` of an ImageEvent)
+CONTENT_TYPES: dict[str, str] = {fmt: mime for fmt, (mime, _) in _FORMATS.items()}
 SUPPORTED_FORMATS: frozenset[str] = frozenset(CONTENT_TYPES)
+# MIME type -> the suffix a file of it is written with
+SUFFIXES: dict[str, str] = {mime: suffixes[0] for mime, suffixes in _FORMATS.values()}
+# every suffix (lower case) an image file of a supported format may have
+IMAGE_SUFFIXES: frozenset[str] = frozenset(x for _, suffixes in _FORMATS.values() for x in suffixes)
 
 # Shortest prefix that sniff_format needs to decide (RIFF....WEBP is the longest).
 SNIFF_BYTES = 16

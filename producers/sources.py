@@ -5,15 +5,18 @@ one CIFAR batch / SequenceFile block) in memory. Files are yielded as *paths* so
 producer stats and reads them itself and can refuse an empty, oversize or unreadable file
 without this module loading it.
 
-:func:`open_source` picks a source from a spec string::
+:func:`open_source` picks a source from a spec string, recognised by the registry of source
+formats (:mod:`imagetag.sourceformats`, the rules the backfill and the trainer use too)::
 
     photos/                      a folder, recursive (glob filters: patterns=...)
     photos/cat.jpg               one file
     fashion-mnist[:train|:test]  Debian's Fashion-MNIST (labels = class names)
     cifar-10-batches-py/         a CIFAR-10/100 python folder (or one data_batch_N file)
     tiny_images.bin              Tiny Images (raw 32×32×3 records)
-    part-00000 / x.seq           a Hadoop SequenceFile (recognised by its SEQ magic)
+    part-00000 / x.seq           a Hadoop SequenceFile (its SEQ magic), or a folder of them
     train-images-idx3-ubyte.gz   an idx file (labels from the matching labels-idx1 file)
+
+Parquet tables, the archive and Kafka are the backfill's to read (``imagetag backfill``).
 
 Indexable sources (idx, Fashion-MNIST, CIFAR, Tiny Images) take a ``[start:stop]`` suffix,
 e.g. ``tiny_images.bin[1000000:1001000]`` or ``fashion-mnist:test[:500]``.
@@ -29,14 +32,14 @@ from typing import Literal
 from urllib.parse import quote
 
 from imagetag import datasets
-from imagetag.datasets import (
-    FASHION_MNIST_LABELS,
-    DatasetError,
-    LabelLookup,
-    Record,
-    count_records,
-    fashion_mnist_paths,
-    iter_files,
+from imagetag.datasets import DatasetError, LabelLookup, iter_files
+from imagetag.sourceformats import (
+    FORMATS,
+    SourceKind,
+    fashion_mnist_split,
+    parts,
+    read_parts,
+    sniff_path,
 )
 
 LabelFrom = Literal["folder"] | str | Path | None
@@ -77,14 +80,28 @@ def _window(total: int, start: int, count: int | None) -> int:
     return max(0, stop - start)
 
 
-def _records(records: Iterator[Record], uri: str, dataset: str, start: int) -> Iterator[SourceItem]:
-    for index, record in enumerate(records, start=start):
-        yield SourceItem(
+def _indexed(
+    kind: SourceKind,
+    path: Path,
+    start: int,
+    count: int | None,
+    hint: int | None,
+    dataset: str | None = None,
+    label_names: list[str] | None = None,
+) -> Source:
+    """Records ``start .. start+count`` of an indexable source, each with the URI of the file
+    it is in and its index there (``<file>#<index>``)."""
+    dataset = dataset or FORMATS[kind].dataset
+    items = (
+        SourceItem(
             record.data,
-            f"{uri}#{index}",
+            f"{part.absolute().as_uri()}#{index}",
             record.label,
             {"dataset": dataset, "name": record.name},
         )
+        for part, index, record in read_parts(kind, path, start, count, label_names)
+    )
+    return Source(str(path), items, hint)
 
 
 # -- the sources ----------------------------------------------------------------------------
@@ -128,89 +145,51 @@ def cifar10(path: str | Path, start: int = 0, count: int | None = None) -> Sourc
     """A CIFAR-10/100 python batch file, or every batch of a ``cifar-10-batches-py`` folder
     (``start``/``count`` then index the concatenation)."""
     path = Path(path)
-    batches = datasets.cifar10_batches(path) if path.is_dir() else [path]
-    if not batches:
+    if not parts(SourceKind.CIFAR, path):
         raise DatasetError(f"no CIFAR batches (data_batch_*, test_batch) in {path}")
-
-    def items() -> Iterator[SourceItem]:
-        offset, remaining = start, count
-        for batch in batches:
-            if remaining is not None and remaining <= 0:
-                return
-            if offset:
-                size = count_records(batch)  # unpickles the batch: only when skipping
-                if offset >= size:
-                    offset -= size
-                    continue
-            taken = 0
-            for item in _records(
-                datasets.read_cifar10(batch, offset, remaining),
-                batch.absolute().as_uri(),
-                "cifar",
-                offset,
-            ):
-                taken += 1
-                yield item
-            remaining = None if remaining is None else remaining - taken
-            offset = 0
-
-    return Source(str(path), items(), count)
+    return _indexed(SourceKind.CIFAR, path, start, count, count)
 
 
 def tiny_images(path: str | Path, start: int = 0, count: int | None = None) -> Source:
     """Records ``start .. start+count`` of a Tiny Images ``.bin`` (memory-mapped)."""
     path = Path(path)
-    total = count_records(path)
-    return Source(
-        f"{path}[{start}:{'' if count is None else start + count}]",
-        _records(
-            datasets.read_tiny_images(path, start, count),
-            path.absolute().as_uri(),
-            "tiny-images",
-            start,
-        ),
-        _window(total, start, count),
-    )
+    total = datasets.count_tiny_images(path)
+    source = _indexed(SourceKind.TINY, path, start, count, _window(total, start, count))
+    source.name = f"{path}[{start}:{'' if count is None else start + count}]"
+    return source
 
 
 def sequence_file(path: str | Path) -> Source:
-    """The (filename, bytes) pairs of a Hadoop SequenceFile; source URI ``<file>#<filename>``."""
+    """The (filename, bytes) pairs of a Hadoop SequenceFile, or of every SequenceFile in a
+    folder; source URI ``<file>#<filename>``."""
     path = Path(path)
-    uri = path.absolute().as_uri()
 
     def items() -> Iterator[SourceItem]:
-        for record in datasets.read_sequence_file(path):
-            yield SourceItem(
-                record.data,
-                f"{uri}#{quote(record.name, safe='/:')}",
-                record.label,
-                {"dataset": "sequence-file", "name": record.name},
-            )
+        for part in parts(SourceKind.SEQUENCEFILE, path):
+            uri = part.absolute().as_uri()
+            for record in datasets.read_sequence_file(part):
+                yield SourceItem(
+                    record.data,
+                    f"{uri}#{quote(record.name, safe='/:')}",
+                    record.label,
+                    {"dataset": "sequence-file", "name": record.name},
+                )
 
     return Source(str(path), items(), None)
 
 
 def idx(
     images: str | Path,
-    labels: str | Path | None = None,
     start: int = 0,
     count: int | None = None,
     label_names: list[str] | None = None,
-    dataset: str = "idx",
+    dataset: str | None = None,
 ) -> Source:
-    """An idx image file (gzip or not) with its optional labels file, as grayscale PNGs."""
+    """An idx image file (gzip or not), as grayscale PNGs, labelled from the labels file beside
+    it (through ``label_names``; Fashion-MNIST's for Debian's copy, class numbers otherwise)."""
     images = Path(images)
-    total = count_records(images)
-    return Source(
-        str(images),
-        _records(
-            datasets.read_idx(images, labels, start, count, label_names),
-            images.absolute().as_uri(),
-            dataset,
-            start,
-        ),
-        _window(total, start, count),
-    )
+    hint = _window(datasets.count_idx(images), start, count)
+    return _indexed(SourceKind.IDX, images, start, count, hint, dataset, label_names)
 
 
 def fashion_mnist(
@@ -220,8 +199,9 @@ def fashion_mnist(
     root: str | Path = datasets.FASHION_MNIST_ROOT,
 ) -> Source:
     """Fashion-MNIST (Debian's ``dataset-fashion-mnist``), labelled with the class names."""
-    images, labels = fashion_mnist_paths(split, root)
-    source = idx(images, labels, start, count, FASHION_MNIST_LABELS, dataset="fashion-mnist")
+    images, _ = datasets.fashion_mnist_paths(split, root)
+    names = list(datasets.FASHION_MNIST_LABELS)
+    source = idx(images, start, count, names, dataset="fashion-mnist")
     source.name = f"fashion-mnist:{split}"
     return source
 
@@ -229,7 +209,6 @@ def fashion_mnist(
 # -- picking a source from a spec -------------------------------------------------------------
 
 _SLICE = re.compile(r"^(?P<spec>.+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
-_FASHION = re.compile(r"^fashion-mnist(?::(?P<split>train|test))?$")
 
 
 def _split_slice(spec: str) -> tuple[str, int, int | None]:
@@ -243,14 +222,6 @@ def _split_slice(spec: str) -> tuple[str, int, int | None]:
     return match["spec"], start, None if stop is None else stop - start
 
 
-def _sniff(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4)
-    except OSError:
-        return b""
-
-
 def open_source(
     spec: str,
     label_from: LabelFrom = None,
@@ -258,13 +229,15 @@ def open_source(
     start: int = 0,
     count: int | None = None,
 ) -> Source:
-    """The source a spec names (see the module docstring): by name, folder contents, file
-    magic and suffix. ``start``/``count`` (or a ``[start:stop]`` suffix) select a range of an
-    indexable source. ``label_from`` and ``patterns`` apply to folders.
+    """The source a spec names (see the module docstring), recognised by
+    :mod:`imagetag.sourceformats` as the backfill and the trainer recognise it.
+    ``start``/``count`` (or a ``[start:stop]`` suffix) select a range of an indexable source.
+    ``label_from`` and ``patterns`` apply to folders.
 
     A path that does not exist is returned as a one-file source, so the producer refuses it
-    as ``unreadable`` and the run goes on. Raises DatasetError for an unknown name or an
-    unusable range.
+    as ``unreadable`` and the run goes on. Raises DatasetError for an unknown name, an
+    unusable range, or a source the producer does not send (Parquet, the archive, Kafka: the
+    backfill reads those).
     """
     spec, slice_start, slice_count = _split_slice(spec)
     start += slice_start
@@ -273,32 +246,23 @@ def open_source(
         if count is None
         else (count if slice_count is None else min(count, slice_count))
     )
-
-    fashion = _FASHION.match(spec)
-    if fashion is not None and not Path(spec).exists():
-        split: Literal["train", "test"] = "test" if fashion["split"] == "test" else "train"
-        return fashion_mnist(split, start, count)
-
+    split = fashion_mnist_split(spec)
+    if split is not None:
+        return fashion_mnist("test" if split == "test" else "train", start, count)
     path = Path(spec)
-    if path.is_dir():
-        if (path / "batches.meta").is_file() or any(path.glob("data_batch_*")):
-            return cifar10(path, start, count)
-        return folder(path, patterns, label_from)
-    if not path.is_file():
+    kind = sniff_path(path)
+    if kind is None:  # a single file of no source format (an image, say), or a missing path
+        if label_from is not None and path.is_file():
+            return folder(path, ("*",), label_from)  # one file, labelled like a folder's
         return files([path])
-    head = _sniff(path)
-    if head[:3] == b"SEQ":
+    if kind is SourceKind.FOLDER:
+        return folder(path, patterns, label_from)
+    if kind is SourceKind.SEQUENCEFILE:
         return sequence_file(path)
-    name = path.name
-    if "idx" in name and ("-ubyte" in name or head[:2] in (b"\x00\x00", b"\x1f\x8b")):
-        labels = path.with_name(name.replace("images-idx3", "labels-idx1"))
-        return idx(path, labels if labels != path and labels.is_file() else None, start, count)
-    if path.suffix == ".bin":
+    if kind is SourceKind.IDX:
+        return idx(path, start, count)
+    if kind is SourceKind.TINY:
         return tiny_images(path, start, count)
-    if head[:1] == b"\x80" and (
-        name.startswith(("data_batch", "test_batch")) or name in ("train", "test")
-    ):
+    if kind is SourceKind.CIFAR:
         return cifar10(path, start, count)
-    if label_from is not None:
-        return folder(path, ("*",), label_from)  # one file, labelled like a folder's
-    return files([path])
+    raise DatasetError(f"{spec} is a {kind} source: `imagetag backfill` reads it, not the producer")

@@ -21,13 +21,12 @@ from batch.backfill.options import (
     Split,
 )
 from batch.backfill.planning import (
-    _is_seq,
     kafka_watermarks,
     list_folder,
     plan_file_groups,
     plan_kafka_ranges,
     plan_parquet,
-    plan_ranges,
+    plan_record_ranges,
     rounds,
     sniff_kind,
     source_path,
@@ -48,6 +47,7 @@ from imagetag.errors import NoModelError
 from imagetag.hadoop import archive_roots, canonical, file_uri, from_hadoop, spark_path
 from imagetag.records import now_ms
 from imagetag.settings import Settings
+from imagetag.sourceformats import FORMATS, SourceKind, parts
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -65,14 +65,14 @@ class Backfill:
         self.settings = settings
         self.options = options
         self.kind = options.kind or sniff_kind(options.source)
-        if options.retag is not None and self.kind != "archive":
+        if options.retag is not None and self.kind is not SourceKind.ARCHIVE:
             raise BackfillError("--retag re-tags from the archive: SOURCE must be 'archive'")
         self.path = source_path(options.source, self.kind, settings)
         self.topic_label = f"backfill:{self.kind}"
         self.archive_output = (
             options.archive
             if options.archive is not None
-            else self.kind not in ("archive", "kafka")
+            else self.kind not in (SourceKind.ARCHIVE, SourceKind.KAFKA)
         )
         self.current: str | None = None
         if options.retag:
@@ -112,47 +112,40 @@ class Backfill:
     def plan(self) -> list[Split]:
         kind, opts = self.kind, self.options
         size = opts.split_size or DEFAULT_SPLIT_RECORDS.get(kind, 5000)
-        if kind == "tiny":
-            from imagetag.datasets import count_records
-
-            return plan_ranges(kind, [(self.path, count_records(self.path))], size)
-        if kind == "cifar":
-            from imagetag.datasets import cifar10_batches, count_records
-
-            batches = cifar10_batches(self.path) if Path(self.path).is_dir() else [Path(self.path)]
-            return plan_ranges(kind, [(str(b), count_records(b)) for b in batches], size)
-        if kind == "sequencefile":
-            root = Path(self.path)
-            files = (
-                sorted(str(p) for p in root.rglob("*") if p.is_file() and _is_seq(p))
-                if root.is_dir()
-                else [str(root)]
-            )
-            return plan_file_groups(kind, [(f, Path(f).stat().st_size) for f in files], 1)
-        if kind == "folder":
-            files = list_folder(self.spark, self.path, opts.glob)
-            return plan_file_groups(kind, [(f, 0) for f in files], max_files=size)
-        if kind == "parquet":
-            return plan_parquet(self.spark, kind, [self.path], opts.split_bytes, opts.since)
-        if kind == "archive":
-            roots = archive_roots(self.settings, self.path)
-            return plan_parquet(self.spark, kind, roots, opts.split_bytes, opts.since)
-        if kind == "kafka":
-            return plan_kafka_ranges(self.path, kafka_watermarks(self.settings, self.path), size)
+        if FORMATS[kind].indexable:  # idx, CIFAR, Tiny Images: record ranges
+            return plan_record_ranges(kind, self.path, size)
+        match kind:
+            case SourceKind.SEQUENCEFILE:  # one file per split: read from its start
+                files = [str(f) for f in parts(kind, Path(self.path))]
+                return plan_file_groups(kind, [(f, Path(f).stat().st_size) for f in files], 1)
+            case SourceKind.FOLDER:
+                files = list_folder(self.spark, self.path, opts.glob)
+                return plan_file_groups(kind, [(f, 0) for f in files], max_files=size)
+            case SourceKind.PARQUET:
+                return plan_parquet(self.spark, kind, [self.path], opts.split_bytes, opts.since)
+            case SourceKind.ARCHIVE:
+                roots = archive_roots(self.settings, self.path)
+                return plan_parquet(self.spark, kind, roots, opts.split_bytes, opts.since)
+            case SourceKind.KAFKA:
+                watermarks = kafka_watermarks(self.settings, self.path)
+                return plan_kafka_ranges(self.path, watermarks, size)
         raise BackfillError(f"unknown source format {kind}")  # pragma: no cover
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, splits: Sequence[Split]) -> DataFrame:
-        """The round's records as Kafka-shaped rows (KAFKA_SCHEMA)."""
-        if self.kind in ("tiny", "cifar", "sequencefile"):
-            return self._read_on_executors(splits)
-        if self.kind == "folder":
-            return self._read_folder(splits)
-        if self.kind == "parquet":
-            return self._read_parquet(splits)
-        if self.kind == "archive":
-            return self._read_archive(splits)
-        return self._read_kafka(splits)
+        """The round's records as Kafka-shaped rows (KAFKA_SCHEMA): files through Spark's
+        binaryFile source, tables through its Parquet reader, Kafka through its connector,
+        every other format by the registry's reader inside the executors."""
+        match self.kind:
+            case SourceKind.FOLDER:
+                return self._read_folder(splits)
+            case SourceKind.PARQUET:
+                return self._read_parquet(splits)
+            case SourceKind.ARCHIVE:
+                return self._read_archive(splits)
+            case SourceKind.KAFKA:
+                return self._read_kafka(splits)
+        return self._read_on_executors(splits)
 
     def _read_on_executors(self, splits: Sequence[Split]) -> DataFrame:
         topic, stamp, size = self.topic_label, self.stamp_ms, self.options.batch_size
@@ -473,7 +466,7 @@ class Backfill:
     def _archive(self, rows: DataFrame, splits: Sequence[Split]) -> None:
         """Append the round's valid ImageEvents to ``archive_dir/_backfill`` (one partition per
         split, replaced when a split is re-done), in the stream's archive columns."""
-        kafka = self.kind == "kafka"
+        kafka = self.kind is SourceKind.KAFKA
         table = [(s.part if kafka else s.index, s.start, s.count, s.key) for s in splits]
 
         def split_of(partition: int, offset: int) -> str:

@@ -11,12 +11,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imagetag.errors import ConfigError, ImagetagError
+from imagetag.sourceformats import SourceKind
 
-# Source formats (``--format``; sniffed when not given) and re-tag modes (``--retag``).
-KINDS = ("archive", "folder", "parquet", "sequencefile", "cifar", "tiny", "kafka")
+# Source formats (``--format``; sniffed when not given): every kind of the registry.
+KINDS = tuple(kind.value for kind in SourceKind)
 RETAG_MODES = ("older", "review", "all")
-# Default split sizes: records for tiny / cifar / kafka, files for folders, bytes for Parquet.
-DEFAULT_SPLIT_RECORDS = {"tiny": 5000, "cifar": 5000, "kafka": 5000, "folder": 1000}
+# Default split sizes: records for the indexable formats and Kafka, files for folders (bytes
+# for Parquet and the archive: ``split_bytes``).
+DEFAULT_SPLIT_RECORDS = {
+    SourceKind.IDX: 5000,
+    SourceKind.TINY: 5000,
+    SourceKind.CIFAR: 5000,
+    SourceKind.KAFKA: 5000,
+    SourceKind.FOLDER: 1000,
+}
 DEFAULT_SPLIT_BYTES = 64 * 1024 * 1024
 
 
@@ -33,7 +41,7 @@ class BackfillOptions:
     """
 
     source: str = "archive"
-    kind: str | None = None
+    kind: SourceKind | None = None
     since: dt.date | None = None
     retag: str | None = None
     state_dir: str | None = None
@@ -54,6 +62,8 @@ class BackfillOptions:
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"unknown source format {self.kind!r}: one of {', '.join(KINDS)}")
+        if self.kind is not None:
+            object.__setattr__(self, "kind", SourceKind(self.kind))
         if self.retag is not None and self.retag not in RETAG_MODES:
             raise ConfigError(f"retag must be one of {', '.join(RETAG_MODES)}, not {self.retag!r}")
         for name, minimum in (
@@ -77,7 +87,7 @@ class Split:
     """
 
     index: int
-    kind: str
+    kind: SourceKind
     paths: tuple[str, ...]
     start: int = 0
     count: int | None = None
@@ -109,6 +119,7 @@ class Split:
     def from_json(cls, text: str) -> Split:
         data = json.loads(text)
         data["paths"] = tuple(data["paths"])
+        data["kind"] = SourceKind(data["kind"])
         return cls(**data)
 
 

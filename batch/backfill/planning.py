@@ -11,67 +11,58 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch.backfill.options import BackfillError, Split
+from imagetag import sourceformats
 from imagetag.errors import ServiceError
 from imagetag.hadoop import canonical, from_uri, is_uri, parquet_files, spark_path
 from imagetag.settings import Settings
+from imagetag.sourceformats import SourceKind, named_service
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
-def sniff_kind(source: str) -> str:
-    """The source kind of ``source`` from its name / magic bytes; BackfillError if unknown."""
-    if source == "archive" or source.startswith("archive:"):
-        return "archive"
-    if source == "kafka" or source.startswith("kafka:"):
-        return "kafka"
+def sniff_kind(source: str) -> SourceKind:
+    """The source kind of ``source`` by the registry's rules (:mod:`imagetag.sourceformats`);
+    BackfillError if it cannot be told."""
+    service = named_service(source)
+    if service is not None:
+        return service[0]
+    if sourceformats.fashion_mnist_split(source) is not None:
+        return SourceKind.IDX
     if is_uri(source):
         raise BackfillError(f"cannot sniff the format of {source}: pass --format")
     path = Path(canonical(source))
     if not path.exists():
         raise BackfillError(f"{source} does not exist")
-    if path.is_dir():
-        names = [p.name for p in path.iterdir()]
-        if any(n.startswith("data_batch_") or n == "test_batch" for n in names):
-            return "cifar"
-        if (path / "_spark_metadata").is_dir():
-            return "archive"
-        files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))]
-        if files and all(p.suffix == ".parquet" for p in files):
-            return "parquet"
-        if files and all(_magic(p)[:3] == b"SEQ" for p in files[:20]):
-            return "sequencefile"
-        return "folder"
-    head = _magic(path)
-    if head[:3] == b"SEQ":
-        return "sequencefile"
-    if head[:4] == b"PAR1":
-        return "parquet"
-    if head[:1] == b"\x80":
-        return "cifar"
-    if path.suffix == ".bin":
-        return "tiny"
-    raise BackfillError(f"cannot tell what {source} holds: pass --format")
+    kind = sourceformats.sniff_path(path)
+    if kind is None:
+        raise BackfillError(f"cannot tell what {source} holds: pass --format")
+    return kind
 
 
-def _magic(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(4)
-
-
-def source_path(source: str, kind: str, settings: Settings) -> str:
-    """The path/URI/topic a source spec names (``archive`` -> ``archive_dir``)."""
-    if kind == "archive":
-        rest = source.split(":", 1)[1] if source.startswith("archive:") else ""
-        return canonical(rest or settings.archive_dir)
-    if kind == "kafka":
-        rest = source.split(":", 1)[1] if source.startswith("kafka:") else ""
-        return rest or settings.kafka.topic_images
+def source_path(source: str, kind: SourceKind, settings: Settings) -> str:
+    """The path/URI/topic a source spec names (``archive`` -> ``archive_dir``, ``kafka`` ->
+    the images topic, ``fashion-mnist[:test]`` -> Debian's idx file)."""
+    service = named_service(source)
+    if kind is SourceKind.ARCHIVE:
+        return canonical((service[1] if service else "") or settings.archive_dir)
+    if kind is SourceKind.KAFKA:
+        return (service[1] if service else "") or settings.kafka.topic_images
+    split = sourceformats.fashion_mnist_split(source)
+    if split is not None:
+        return str(sourceformats.fashion_mnist(split))
     return canonical(source)
 
 
+def plan_record_ranges(kind: SourceKind, path: str, split_size: int) -> list[Split]:
+    """Record-range splits of every part of an indexable file source (a CIFAR folder's
+    batches, say), counted from headers, sizes or pickles: no image is decoded."""
+    files = sourceformats.parts(kind, Path(path))
+    return plan_ranges(kind, [(str(f), sourceformats.count(kind, f)) for f in files], split_size)
+
+
 def plan_ranges(
-    kind: str, paths: Sequence[tuple[str, int]], split_size: int, first_index: int = 0
+    kind: SourceKind, paths: Sequence[tuple[str, int]], split_size: int, first_index: int = 0
 ) -> list[Split]:
     """Record-range splits over files of known record counts ``[(path, records), ...]``."""
     if split_size < 1:
@@ -85,7 +76,7 @@ def plan_ranges(
 
 
 def plan_file_groups(
-    kind: str,
+    kind: SourceKind,
     files: Iterable[tuple[str, int]],
     max_files: int | None = None,
     max_bytes: int | None = None,
@@ -100,7 +91,7 @@ def plan_file_groups(
     def flush() -> None:
         nonlocal group, group_bytes
         if group:
-            count = len(group) if kind == "folder" else None
+            count = len(group) if kind == SourceKind.FOLDER else None
             splits.append(Split(len(splits), kind, tuple(group), 0, count, size=group_bytes))
             group, group_bytes = [], 0
 
@@ -125,7 +116,9 @@ def plan_kafka_ranges(
         low, high = watermarks[partition]
         for start in range(low, high, split_size):
             count = min(split_size, high - start)
-            splits.append(Split(len(splits), "kafka", (topic,), start, count, part=partition))
+            splits.append(
+                Split(len(splits), SourceKind.KAFKA, (topic,), start, count, part=partition)
+            )
     return splits
 
 
@@ -146,7 +139,7 @@ def list_folder(spark: SparkSession, root: str, glob: str | None) -> list[str]:
 
 def plan_parquet(
     spark: SparkSession,
-    kind: str,
+    kind: SourceKind,
     roots: Sequence[str],
     split_bytes: int,
     since: dt.date | None = None,
@@ -182,10 +175,3 @@ def kafka_watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int
         raise ServiceError("kafka", settings.kafka.bootstrap_servers, str(exc)) from exc
     finally:
         consumer.close()
-
-
-def _is_seq(path: Path) -> bool:
-    try:
-        return _magic(path)[:3] == b"SEQ"
-    except OSError:
-        return False

@@ -11,14 +11,17 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from batch.backfill.options import BackfillError, Split
+from batch.backfill.options import Split
+from imagetag import sourceformats
 from imagetag.contracts import KAFKA_COLUMNS
 from imagetag.formats import CONTENT_TYPES, sniff_format
 from imagetag.hadoop import file_uri, from_hadoop, from_uri
 from imagetag.records import epoch_ms
+from imagetag.sourceformats import SourceKind
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,29 +90,17 @@ def rows_frame(rows: list[tuple[bytes, bytes, str, int, int, int]]) -> pd.DataFr
 
 def split_records(split: Split) -> Iterator[tuple[int, str, bytes, str | None, dict[str, str]]]:
     """(offset in split, source URI, bytes, label, metadata) of a split read on an executor
-    (tiny / cifar / sequencefile)."""
-    from imagetag import datasets
-
-    path = split.paths[0]
-    uri = file_uri(path)
-    if split.kind == "tiny":
-        records = datasets.read_tiny_images(path, split.start, split.count)
-        for i, record in enumerate(records):
-            index = split.start + i
-            meta = {"dataset": "tiny-images", "name": record.name}
-            yield i, f"{uri}#{index}", record.data, record.label, meta
-    elif split.kind == "cifar":
-        records = datasets.read_cifar10(path, split.start, split.count)
-        for i, record in enumerate(records):
-            index = split.start + i
-            meta = {"dataset": "cifar", "name": record.name}
-            yield i, f"{uri}#{index}", record.data, record.label, meta
-    elif split.kind == "sequencefile":
-        for i, record in enumerate(datasets.read_sequence_file(path)):
-            meta = {"dataset": "sequence-file", "name": record.name}
-            yield i, f"{uri}#{quote(record.name, safe='/:')}", record.data, record.label, meta
-    else:  # pragma: no cover - the planner only sends these kinds
-        raise BackfillError(f"split kind {split.kind} is not read on executors")
+    by the registry's reader (idx, CIFAR and Tiny Images ranges; SequenceFiles whole). The
+    source URI is ``<file>#<index>``, or ``<file>#<name>`` for a SequenceFile's named records."""
+    kind = SourceKind(split.kind)
+    path = Path(split.paths[0])
+    uri = file_uri(str(path))
+    dataset = sourceformats.FORMATS[kind].dataset
+    records = sourceformats.read_parts(kind, path, split.start, split.count)
+    for i, (_, index, record) in enumerate(records):
+        anchor = quote(record.name, safe="/:") if kind is SourceKind.SEQUENCEFILE else index
+        meta = {"dataset": dataset, "name": record.name}
+        yield i, f"{uri}#{anchor}", record.data, record.label, meta
 
 
 def expand_splits(

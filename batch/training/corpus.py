@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from batch.training.options import TrainError
+from imagetag import datasets, sourceformats
+from imagetag.formats import IMAGE_SUFFIXES
+from imagetag.sourceformats import SourceKind
 
 FASHION_MNIST = "fashion-mnist"
 SHARD_SIZE = 1000  # records per shard: the unit of parallelism of the read stages
-IMAGE_EXTENSIONS = ("*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.tif", "*.tiff", "*.webp")
 
 
 @dataclass
@@ -34,16 +36,33 @@ def _sha256_file(path: Path, digest: Any) -> None:
             digest.update(block)
 
 
+def training_kind(source: str) -> SourceKind | None:
+    """What a training set ``source`` is, by the registry's rules: Fashion-MNIST (IDX), CIFAR
+    batches, a folder of images labelled by their folder (FOLDER), or a ``path,label`` CSV
+    (None). TrainError for anything else."""
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return None
+    if sourceformats.fashion_mnist_split(source) is not None:
+        return SourceKind.IDX
+    kind = sourceformats.sniff_path(path)
+    if kind in (SourceKind.CIFAR, SourceKind.FOLDER):
+        return kind
+    raise TrainError(
+        f"--data {source}: not fashion-mnist, CIFAR batches, a folder or a .csv"
+        + (f" (it is {kind})" if kind is not None else "")
+    )
+
+
 def _ranges(
-    split: str, kind: str, path: Path, labels: Path | None, total: int, limit: int | None
+    split: str, kind: SourceKind, path: Path, total: int, limit: int | None
 ) -> Iterator[dict[str, Any]]:
     total = total if limit is None else min(total, limit)
     for start in range(0, total, SHARD_SIZE):
         yield {
             "split": split,
-            "kind": kind,
+            "kind": kind.value,
             "path": str(path),
-            "labels_path": str(labels) if labels else None,
             "start": start,
             "count": min(SHARD_SIZE, total - start),
             "files": None,
@@ -53,30 +72,28 @@ def _ranges(
 
 def plan_corpus(source: str, limit: int | None, test_fraction: float) -> Corpus:
     """List ``source`` as shards; reads headers and names only, never the images."""
-    from imagetag import datasets
-
     shards: list[dict[str, Any]] = []
     digest = hashlib.sha256()
     counts = {"train": 0, "test": 0}
     classes: list[str] | None = None
-    if source == FASHION_MNIST or source.startswith(FASHION_MNIST + ":"):
-        root = source.partition(":")[2] or str(datasets.FASHION_MNIST_ROOT)
+    kind = training_kind(source)
+    if kind is SourceKind.IDX:
         classes = list(datasets.FASHION_MNIST_LABELS)
         for split in ("train", "test"):
-            images, label_file = datasets.fashion_mnist_paths(split, root)
-            total = datasets.count_records(images)
-            shards += _ranges(split, "idx", images, label_file, total, limit)
-            for path in (images, label_file):
-                digest.update(path.name.encode())
-                _sha256_file(path, digest)
-        description = f"Fashion-MNIST ({root})"
-    elif Path(source).is_dir() and any(Path(source).glob("data_batch_*")):
-        batches = datasets.cifar10_batches(source)
-        for batch in batches:
+            images = sourceformats.fashion_mnist(split)
+            total = sourceformats.count(kind, images)
+            shards += _ranges(split, kind, images, total, limit)
+            for path in (images, sourceformats.idx_labels(images)):
+                if path is not None:
+                    digest.update(path.name.encode())
+                    _sha256_file(path, digest)
+        description = f"Fashion-MNIST ({datasets.FASHION_MNIST_ROOT})"
+    elif kind is SourceKind.CIFAR:
+        for batch in sourceformats.parts(kind, Path(source)):
             split = "test" if batch.name.startswith("test") else "train"
-            total = datasets.count_records(batch)
+            total = sourceformats.count(kind, batch)
             remaining = None if limit is None else max(0, limit - counts[split])
-            part = list(_ranges(split, "cifar", batch, None, total, remaining))
+            part = list(_ranges(split, kind, batch, total, remaining))
             shards += part
             counts[split] += sum(s["count"] for s in part)
             digest.update(batch.name.encode())
@@ -99,7 +116,6 @@ def plan_corpus(source: str, limit: int | None, test_fraction: float) -> Corpus:
                         "split": split,
                         "kind": "files",
                         "path": source,
-                        "labels_path": None,
                         "start": 0,
                         "count": len(chunk),
                         "files": [p for p, _ in chunk],
@@ -116,59 +132,47 @@ def plan_corpus(source: str, limit: int | None, test_fraction: float) -> Corpus:
     return Corpus(shards, classes, "sha256:" + digest.hexdigest(), counts, description)
 
 
-def _labelled_files(source: str) -> tuple[list[str], list[str]]:
-    from imagetag import datasets
-
+def labelled_files(source: str) -> list[tuple[str, str]]:
+    """(absolute path, label) of the images a ``path,label`` CSV lists, or of the image files
+    (by suffix) under a folder, labelled by their parent folder (files at the top have no
+    label and are left out)."""
     path = Path(source)
-    files: list[str] = []
-    labels: list[str] = []
+    rows: list[tuple[str, str]] = []
     if path.is_file() and path.suffix.lower() == ".csv":
         for name, label in datasets.read_label_csv(path).items():
             file = Path(name) if Path(name).is_absolute() else path.parent / name
-            files.append(str(file.resolve()))
-            labels.append(label)
-    elif path.is_dir():
-        lookup = datasets.LabelLookup(path, "folder")
-        for file in datasets.iter_files(path, [f"**/{p}" for p in IMAGE_EXTENSIONS]):
-            folder_label = lookup(file)
-            if folder_label is not None:
-                files.append(str(file.resolve()))
-                labels.append(folder_label)
-    else:
-        raise TrainError(
-            f"--data {source}: not fashion-mnist, a CIFAR batches folder, a folder or a .csv"
-        )
-    if not files:
+            rows.append((str(file.resolve()), label))
+        return rows
+    lookup = datasets.LabelLookup(path, "folder")
+    for file in datasets.iter_files(path):
+        folder_label = lookup(file) if file.suffix.lower() in IMAGE_SUFFIXES else None
+        if folder_label is not None:
+            rows.append((str(file.resolve()), folder_label))
+    return rows
+
+
+def _labelled_files(source: str) -> tuple[list[str], list[str]]:
+    rows = labelled_files(source)
+    if not rows:
         raise TrainError(f"--data {source}: no labelled images found")
-    return files, labels
+    return [p for p, _ in rows], [label for _, label in rows]
 
 
 def read_shard(shard: dict[str, Any]) -> Iterator[tuple[str, bytes, str | None]]:
     """(name, encoded bytes, label) of every record of one shard (runs in the workers)."""
-    from imagetag import datasets
-
     kind = shard["kind"]
-    if kind == "idx":
-        records = datasets.read_idx(
-            shard["path"],
-            shard["labels_path"],
-            start=int(shard["start"]),
-            count=int(shard["count"]),
-            label_names=datasets.FASHION_MNIST_LABELS,
-        )
-        for record in records:
-            yield record.name, record.data, record.label
-    elif kind == "cifar":
-        for record in datasets.read_cifar10(
-            shard["path"], int(shard["start"]), int(shard["count"])
-        ):
-            yield record.name, record.data, record.label
-    elif kind == "files":
+    if kind == "files":
         for path, label in zip(shard["files"], shard["file_labels"], strict=True):
             try:
                 data = Path(path).read_bytes()
             except OSError:
                 data = b""  # refused as "empty" by the decoder, counted as skipped
             yield path, data, label
-    else:  # pragma: no cover - plan_corpus only makes the kinds above
-        raise TrainError(f"unknown shard kind {kind}")
+        return
+    source_kind = SourceKind(kind)
+    names = list(datasets.FASHION_MNIST_LABELS) if source_kind is SourceKind.IDX else None
+    records = sourceformats.read(
+        source_kind, Path(shard["path"]), int(shard["start"]), int(shard["count"]), names
+    )
+    for record in records:
+        yield record.name, record.data, record.label

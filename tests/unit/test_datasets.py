@@ -13,12 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from imagetag import datasets
+from imagetag import datasets, sourceformats
 from imagetag.datasets import (
     FASHION_MNIST_LABELS,
     DatasetError,
     Record,
-    count_records,
     fashion_mnist_paths,
     read_cifar10,
     read_folder,
@@ -32,6 +31,11 @@ from imagetag.datasets import (
 from imagetag.formats import sniff_format
 from producers import sources
 from producers.sources import SourceItem, open_source
+
+
+def _count(path: Path) -> int:
+    """Records in a dataset file or folder, as every job counts them (the registry)."""
+    return sourceformats.count(sourceformats.sniff(str(path)), path)
 
 
 def _decode(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -77,7 +81,7 @@ def test_idx_images_and_labels(tmp_path: Path, suffix: str) -> None:
     assert [r.label for r in window] == ["9", "1"]
     np.testing.assert_array_equal(_decode(window[0].data), images[2])
     assert list(read_idx(tmp_path / f"img{suffix}", start=10)) == []
-    assert count_records(tmp_path / f"img{suffix}") == 5
+    assert _count(tmp_path / f"img{suffix}") == 5
 
 
 def test_idx_rejects_mismatch_and_garbage(tmp_path: Path) -> None:
@@ -117,7 +121,7 @@ def test_fashion_mnist_paths(tmp_path: Path) -> None:
 )
 def test_real_fashion_mnist_first_records() -> None:
     images, labels = fashion_mnist_paths("test")
-    assert count_records(images) == 10_000
+    assert _count(images) == 10_000
     records = list(read_idx(images, labels, count=3, label_names=FASHION_MNIST_LABELS))
     # The first three test labels of Fashion-MNIST are 9, 2, 1.
     assert [r.label for r in records] == ["Ankle boot", "Pullover", "Trouser"]
@@ -170,7 +174,7 @@ def test_cifar10_batch(tmp_path: Path) -> None:
     for record, rgb in zip(records, images, strict=True):
         np.testing.assert_array_equal(_decode(record.data), rgb[:, :, ::-1])  # PNG decodes as BGR
     assert [r.name for r in read_cifar10(path, start=1, count=2)] == ["img_1.png", "img_2.png"]
-    assert count_records(path) == 4
+    assert _count(path) == 4
     assert datasets.cifar10_batches(path.parent) == [path]
 
 
@@ -214,7 +218,7 @@ def test_tiny_images_layout_and_window(tmp_path: Path) -> None:
         "tiny_images.bin#4",
         "tiny_images.bin#5",
     ]
-    assert count_records(path) == 6
+    assert _count(path) == 6
 
 
 def test_tiny_images_rejects_partial_records(tmp_path: Path) -> None:
@@ -243,7 +247,7 @@ def test_sequence_file_round_trip(tmp_path: Path, compression: str, codec: str) 
     path = tmp_path / "part-00000"
     assert write_sequence_file(path, records, compression=compression, codec=codec) == 60  # type: ignore[arg-type]
     assert list(read_sequence_file(path)) == records
-    assert count_records(path) == 60
+    assert _count(path) == 60
 
 
 def test_sequence_file_bytes_match_hadoop_writer(tmp_path: Path) -> None:
@@ -330,7 +334,7 @@ def test_folder_recursive_with_folder_labels(tmp_path: Path) -> None:
         ("dogs/deep/c.png", "deep"),
     ]
     assert records[2].data == b"cats/a.png"
-    assert count_records(tmp_path) == 5
+    assert _count(tmp_path) == 5
 
 
 def test_folder_glob_filters(tmp_path: Path) -> None:
@@ -390,10 +394,10 @@ def test_single_file_root(tmp_path: Path) -> None:
 
 def test_gzip_helper_detects_by_magic(tmp_path: Path) -> None:
     (tmp_path / "plain.gz").write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 2) + b"\x01\x02")
-    assert count_records(tmp_path / "plain.gz") == 2
+    assert _count(tmp_path / "plain.gz") == 2
     with gzip.open(tmp_path / "packed", "wb") as f:
         f.write(b"\x00\x00\x08\x01" + struct.pack(">I", 3) + b"\x01\x02\x03")
-    assert count_records(tmp_path / "packed") == 3
+    assert _count(tmp_path / "packed") == 3
 
 
 # -- producer sources on top of the readers -----------------------------------------------
