@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.backfill import BackfillOptions, BackfillSummary, run_backfill
-from imagetag.errors import ConfigError, ImagetagError
+from imagetag.errors import ConfigError, ImagetagError, check_minimums
 from imagetag.settings import Settings
 from imagetag.solr_admin import SolrAdmin
 
@@ -68,8 +68,7 @@ class ReindexOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.min_fraction <= 1:
             raise ConfigError(f"min_fraction must be in [0, 1], got {self.min_fraction}")
-        if self.max_splits is not None and self.max_splits < 0:
-            raise ConfigError(f"max_splits must be at least 0, got {self.max_splits}")
+        check_minimums(self, {"max_splits": 0})
 
 
 @dataclass

@@ -46,7 +46,7 @@ from batch.training.corpus import labelled_files, training_kind
 from batch.training.options import TrainError
 from imagetag import sourceformats
 from imagetag.datasets import FASHION_MNIST_LABELS, FASHION_MNIST_ROOT
-from imagetag.errors import ConfigError, ImagetagError
+from imagetag.errors import ConfigError, ImagetagError, check_minimums
 from imagetag.formats import SUFFIXES
 from imagetag.settings import Settings
 from imagetag.sourceformats import SourceKind
@@ -101,8 +101,7 @@ class RetrainOptions:
         TrainOptions(data="-", **self.train)  # raises ConfigError for a bad value
         if self.every_s is not None and not self.every_s > 0:
             raise ConfigError(f"every_s must be > 0, got {self.every_s}")
-        if self.max_runs is not None and self.max_runs < 1:
-            raise ConfigError(f"max_runs must be at least 1, got {self.max_runs}")
+        check_minimums(self, {"max_runs": 1})
 
 
 @dataclass
@@ -188,7 +187,7 @@ def dataset_rows(source: str, work: Path) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     for path in files:
         records = sourceformats.read(kind, path, label_names=names)
-        rows += export_records(((r.name, r.data, r.label) for r in records), folder)
+        rows += export_records(((r.name, r.data, r.label) for _, _, r in records), folder)
     return rows
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from typing import Any
 
-from batch.backfill import event_row, rows_frame
+from batch.backfill.readers import event_row, rows_frame
 from imagetag.bundle import ModelStore
 from imagetag.datasets import fashion_mnist_paths, read_idx
 from imagetag.pipeline import POISON_ENV, POISON_MODE_ENV, CurrentModel, tag_rows

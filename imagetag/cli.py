@@ -19,36 +19,27 @@ from collections.abc import Collection, Sequence
 from imagetag.errors import ImagetagError
 from imagetag.settings import Settings
 
-# command name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "stack": ("imagetag.commands.stack", "start, stop or inspect the local Kafka + Solr stack"),
-    "init": ("imagetag.commands.init", "create the Kafka topics and the Solr collection + alias"),
-    "stream": (
-        "imagetag.commands.stream",
-        "run the streaming tagging job (Kafka -> Spark -> Solr)",
-    ),
-    "search": ("imagetag.commands.search", "query Solr: images with a tag, or similar to an image"),
-    "config": ("imagetag.commands.config", "print the effective settings (secrets masked)"),
-    "produce": ("imagetag.commands.produce", "send images (folders, datasets) to Kafka"),
-    "backfill": (
-        "imagetag.commands.backfill",
-        "tag a historical corpus with Spark (archive, folder, datasets, Kafka); re-tag",
-    ),
-    "train": ("imagetag.commands.train", "train a model bundle (dictionary + forest) on a corpus"),
-    "model": ("imagetag.commands.model", "list, show or promote model bundles in the model store"),
-    "retrain": (
-        "imagetag.commands.retrain",
-        "retrain on the labelled corpus, promote if better, re-tag (once or --every)",
-    ),
-    "reindex": (
-        "imagetag.commands.reindex",
-        "rebuild the Solr index into a new collection, then switch the alias (blue/green)",
-    ),
-    "dlq": (
-        "imagetag.commands.dlq",
-        "replay dead letters: send their original bytes back to the input topic",
-    ),
+# command name -> one-line help; the command is the module imagetag.commands.<name>
+COMMANDS: dict[str, str] = {
+    "stack": "start, stop or inspect the local Kafka + Solr stack",
+    "init": "create the Kafka topics and the Solr collection + alias",
+    "stream": "run the streaming tagging job (Kafka -> Spark -> Solr)",
+    "search": "query Solr: images with a tag, or similar to an image",
+    "config": "print the effective settings (secrets masked)",
+    "produce": "send images (folders, datasets) to Kafka",
+    "backfill": "tag a historical corpus with Spark (archive, folder, datasets, Kafka); re-tag",
+    "train": "train a model bundle (dictionary + forest) on a corpus",
+    "model": "list, show or promote model bundles in the model store",
+    "retrain": "retrain on the labelled corpus, promote if better, re-tag (once or --every)",
+    "reindex": "rebuild the Solr index into a new collection, then switch the alias (blue/green)",
+    "dlq": "replay dead letters: send their original bytes back to the input topic",
 }
+
+
+def command_module(name: str) -> str:
+    """The module of the sub-command ``name``: each lives in its own, named after it, so the
+    table above need not (and cannot wrongly) spell the module out."""
+    return f"imagetag.commands.{name}"
 
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
@@ -59,7 +50,8 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     parser.add_argument("--config", help="settings file (default: imagetag.yaml if present)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
+        module_name = command_module(name)
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.set_defaults(_module=module_name)
         if commands is None or name in commands:

@@ -30,8 +30,8 @@ OUTPUT_SCHEMA = "kind string, id string, doc string, key binary, value binary, l
 
 # -- the raw archive (Parquet under archive_dir, partitioned by ingest_date) ------------------
 # Every valid ImageEvent the stream read, bytes included: what the backfill, the re-tag and
-# the retraining read back.
-ARCHIVE_COLUMNS: tuple[str, ...] = (
+# the retraining read back: the ImageEvent's fields, then where and when it was read.
+ARCHIVE_EVENT_COLUMNS: tuple[str, ...] = (
     "id",
     "image",
     "content_type",
@@ -39,6 +39,9 @@ ARCHIVE_COLUMNS: tuple[str, ...] = (
     "produced_at",
     "label",
     "metadata",
+)
+ARCHIVE_COLUMNS: tuple[str, ...] = (
+    *ARCHIVE_EVENT_COLUMNS,
     "kafka_partition",
     "kafka_offset",
     "ingested_at",

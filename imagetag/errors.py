@@ -21,6 +21,16 @@ class ConfigError(ImagetagError):
     """The settings or a job's options are invalid (unknown key, bad value, missing file)."""
 
 
+def check_minimums(options: object, minimums: dict[str, int]) -> None:
+    """ConfigError for the first field of ``options`` (a job's options dataclass) below its
+    minimum; a field that is None is unset and passes. Options check themselves on
+    construction with it, so a job never starts on an out-of-range value."""
+    for name, minimum in minimums.items():
+        value = getattr(options, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
 class NoModelError(ConfigError):
     """The model store has no ``CURRENT`` model yet: nothing can be tagged until one is
     trained and promoted (``imagetag train``)."""

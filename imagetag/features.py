@@ -72,9 +72,13 @@ def to_gray(image: Any) -> np.ndarray:
 
 
 class Featurizer(ABC):
-    """Extracts local descriptors. Subclasses set ``name`` and ``dim``."""
+    """Extracts local descriptors. Subclasses set ``name``, ``param_names`` and ``dim``."""
 
     name: ClassVar[str]
+    # The constructor's keyword arguments, each kept as the attribute of the same name: one
+    # list serves ``params`` (and so the bundle) for every featurizer, and cannot drift from
+    # what the constructor takes.
+    param_names: ClassVar[tuple[str, ...]]
     dim: int
 
     @abstractmethod
@@ -82,9 +86,15 @@ class Featurizer(ABC):
         """Descriptors of ``image`` (a DecodedImage or a BGR/gray ``uint8`` array)."""
 
     @property
-    @abstractmethod
     def params(self) -> dict[str, Any]:
-        """The parameters that rebuild this featurizer with :func:`get_featurizer`."""
+        """The parameters that rebuild this featurizer with :func:`get_featurizer`, as JSON
+        values (a tuple attribute is given as a list)."""
+        values = {name: getattr(self, name) for name in self.param_names}
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+
+    def _no_features(self) -> Features:
+        """What an image without a single descriptor yields: zero rows of the right width."""
+        return Features(np.zeros((0, self.dim), np.float32), np.zeros((0, 2), np.float32))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
@@ -123,10 +133,28 @@ def root_sift(descriptors: np.ndarray) -> np.ndarray:
     return np.sqrt(descriptors / np.maximum(sums, 1e-12)).astype(np.float32)
 
 
-class SiftFeaturizer(Featurizer):
+class _DetectorFeaturizer(Featurizer):
+    """A keypoint detector's featurizer: at most ``max_features`` keypoints of the image brought
+    within ``[min_side, max_side]``, so tiny images still yield keypoints and huge ones stay
+    cheap. SIFT and ORB differ only in the detector and what they make of its descriptors."""
+
+    param_names: ClassVar[tuple[str, ...]] = ("max_features", "min_side", "max_side")
+
+    def __init__(self, max_features: int, min_side: int, max_side: int) -> None:
+        self.max_features = int(max_features)
+        self.min_side = int(min_side)
+        self.max_side = int(max_side)
+
+    def _fitted_gray(self, image: Any) -> np.ndarray:
+        """``image`` in gray, brought within ``[min_side, max_side]`` for the detector."""
+        return _fit_side(to_gray(image), self.min_side, self.max_side)
+
+
+class SiftFeaturizer(_DetectorFeaturizer):
     """OpenCV SIFT keypoints and descriptors (128-d)."""
 
     name = "sift"
+    param_names = (*_DetectorFeaturizer.param_names, "rootsift")
 
     def __init__(
         self,
@@ -135,63 +163,42 @@ class SiftFeaturizer(Featurizer):
         max_side: int = 640,
         rootsift: bool = True,
     ) -> None:
-        self.max_features = int(max_features)
-        self.min_side = int(min_side)
-        self.max_side = int(max_side)
+        super().__init__(max_features, min_side, max_side)
         self.rootsift = bool(rootsift)
         self.dim = 128
         self._sift = cv2.SIFT.create(nfeatures=self.max_features)
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return {
-            "max_features": self.max_features,
-            "min_side": self.min_side,
-            "max_side": self.max_side,
-            "rootsift": self.rootsift,
-        }
-
     def extract(self, image: Any) -> Features:
-        gray = _fit_side(to_gray(image), self.min_side, self.max_side)
+        gray = self._fitted_gray(image)
         keypoints, descriptors = self._sift.detectAndCompute(gray, None)  # type: ignore[call-overload]
         if descriptors is None or len(keypoints) == 0:
-            return Features(np.zeros((0, self.dim), np.float32), np.zeros((0, 2), np.float32))
+            return self._no_features()
         descriptors = descriptors.astype(np.float32)
         if self.rootsift:
             descriptors = root_sift(descriptors)
         return Features(descriptors, _positions(keypoints, gray.shape[1], gray.shape[0]))
 
 
-class OrbFeaturizer(Featurizer):
+class OrbFeaturizer(_DetectorFeaturizer):
     """OpenCV ORB keypoints; binary descriptors unpacked to 256 floats in {0, 1}."""
 
     name = "orb"
 
     def __init__(self, max_features: int = 500, min_side: int = 128, max_side: int = 640) -> None:
-        self.max_features = int(max_features)
-        self.min_side = int(min_side)
-        self.max_side = int(max_side)
+        super().__init__(max_features, min_side, max_side)
         self.dim = 256
         self._orb = cv2.ORB.create(nfeatures=self.max_features)
 
-    @property
-    def params(self) -> dict[str, Any]:
-        return {
-            "max_features": self.max_features,
-            "min_side": self.min_side,
-            "max_side": self.max_side,
-        }
-
     def extract(self, image: Any) -> Features:
-        gray = _fit_side(to_gray(image), self.min_side, self.max_side)
+        gray = self._fitted_gray(image)
         if min(gray.shape[:2]) <= 2 * self._orb.getEdgeThreshold():
             # ORB keeps no keypoint closer than edgeThreshold to a border, so such an image
             # has none; and its pyramid would shrink a thin strip (a panorama brought within
             # max_side) to 0 rows, which OpenCV's resize refuses with an assertion.
-            return Features(np.zeros((0, self.dim), np.float32), np.zeros((0, 2), np.float32))
+            return self._no_features()
         keypoints, packed = self._orb.detectAndCompute(gray, None)  # type: ignore[call-overload]
         if packed is None or len(keypoints) == 0:
-            return Features(np.zeros((0, self.dim), np.float32), np.zeros((0, 2), np.float32))
+            return self._no_features()
         bits = np.unpackbits(packed, axis=1).astype(np.float32)
         return Features(bits, _positions(keypoints, gray.shape[1], gray.shape[0]))
 
@@ -206,6 +213,7 @@ class DenseSiftFeaturizer(Featurizer):
     """
 
     name = "dense-sift"
+    param_names = ("size", "step", "scales", "margin", "rootsift")
 
     def __init__(
         self,
@@ -234,16 +242,6 @@ class DenseSiftFeaturizer(Featurizer):
             for x in grid
         )
         self._positions = _positions(self._keypoints, self.size, self.size)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {
-            "size": self.size,
-            "step": self.step,
-            "scales": list(self.scales),
-            "margin": self.margin,
-            "rootsift": self.rootsift,
-        }
 
     @property
     def points_per_image(self) -> int:

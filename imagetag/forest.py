@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 ARRAYS_FILE = "forest.npz"
 CLASSES_FILE = "forest.json"
+# The node arrays, by constructor argument (and attribute) name: what ARRAYS_FILE holds, so
+# that save and load name them in one place.
+ARRAY_NAMES = ("roots", "feature", "threshold", "left", "right", "leaf_class", "leaf_proba")
 
 
 class ForestError(ImagetagError, ValueError):
@@ -143,14 +146,7 @@ class Forest:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(
-            folder / ARRAYS_FILE,
-            roots=self.roots,
-            feature=self.feature,
-            threshold=self.threshold,
-            left=self.left,
-            right=self.right,
-            leaf_class=self.leaf_class,
-            leaf_proba=self.leaf_proba,
+            folder / ARRAYS_FILE, **{name: getattr(self, name) for name in ARRAY_NAMES}
         )
         meta = {
             "classes": self.classes,
@@ -170,14 +166,8 @@ class Forest:
             return cls(
                 meta["classes"],
                 meta["n_features"],
-                roots=arrays["roots"],
-                feature=arrays["feature"],
-                threshold=arrays["threshold"],
-                left=arrays["left"],
-                right=arrays["right"],
-                leaf_class=arrays["leaf_class"],
-                leaf_proba=arrays["leaf_proba"],
                 max_depth=meta["max_depth"],
+                **{name: arrays[name] for name in ARRAY_NAMES},
             )
 
     # -- compilation ---------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def tag_partition(
     """mapInPandas body: Kafka rows -> decoded events -> tag_batch -> uniform output rows."""
     from imagetag.records import tag_kafka_rows
 
-    settings = Settings.model_validate_json(settings_json)
+    settings = Settings.from_executors(settings_json)
     model = model_bc.value  # unpickled once per Python worker per model version
     poison = os.environ.get(POISON_ENV, "").encode()
     for rows in batches:
@@ -67,7 +67,7 @@ def _test_poison(rows: pd.DataFrame, marker: bytes) -> None:
 def tag_frame(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings) -> DataFrame:
     """Kafka-shaped rows (key, value, topic, partition, offset, timestamp) -> output rows
     (OUTPUT_SCHEMA), persisted: the caller runs several actions on it and unpersists it."""
-    settings_json = settings.model_dump_json()
+    settings_json = settings.for_executors()
     return rows.mapInPandas(
         lambda it: tag_partition(it, model_bc, settings_json), OUTPUT_SCHEMA
     ).persist()
@@ -318,7 +318,7 @@ def solr_partition(
     def write(rows: Iterable[Any]) -> Iterator[tuple[str, str, str]]:
         from imagetag.solr import SolrWriter
 
-        settings = Settings.model_validate_json(settings_json)
+        settings = Settings.from_executors(settings_json)
         docs = [json.loads(row.doc) for row in rows]
         if not docs:
             return
@@ -377,7 +377,7 @@ def write_outputs(
         int(r.latency_ms) for r in tagged.meta if r.kind == "tagged" and r.latency_ms is not None
     ]
 
-    settings_json = settings.model_dump_json()
+    settings_json = settings.for_executors()
     refused = []
     if counts.get("tagged"):
         refused = (

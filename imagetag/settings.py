@@ -222,14 +222,46 @@ class Settings(BaseSettings):
                     json.dumps(value) if isinstance(value, dict) else str(value)
                 )
 
-        data = self.model_dump(mode="json")
-        data["kafka"]["client"] = {k: v.get_secret_value() for k, v in self.kafka.client.items()}
-        flatten("", data)
+        flatten("", self.plaintext_dict())
         return env
+
+    # -- the one way secrets leave their SecretStr -------------------------------------------
+
+    def plaintext_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able data with every secret **in clear** (the Kafka
+        client options, the Solr password). For the processes that must authenticate with
+        them (:meth:`for_executors`, :meth:`child_env`), never for printing: ``public_dict``,
+        ``repr`` and ``model_dump_json`` keep them masked (in the spirit of Quix Streams'
+        ``as_librdkafka_dict(plaintext_secrets=True)``)."""
+        return _reveal(self.model_dump(mode="python"))
+
+    def for_executors(self) -> str:
+        """The settings as JSON for code that runs in Spark executors (``mapInPandas`` and
+        ``foreachPartition`` bodies), secrets in clear so that executors authenticate as the
+        driver does; rebuild them there with :meth:`from_executors`. Never log the result."""
+        return json.dumps(self.plaintext_dict())
+
+    @classmethod
+    def from_executors(cls, text: str) -> Settings:
+        """The settings :meth:`for_executors` serialised."""
+        return cls.model_validate_json(text)
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain data with secrets masked (for ``imagetag config``)."""
         return self.model_dump(mode="json")
+
+
+def _reveal(value: Any) -> Any:
+    """``model_dump(mode="python")`` output as JSON-able data, secrets revealed."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _reveal(inner) for key, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return [_reveal(inner) for inner in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def _parse_env_value(value: str) -> Any:

@@ -228,19 +228,8 @@ def read(
     start: int = 0,
     count: int | None = None,
     label_names: list[str] | None = None,
-) -> Iterator[Record]:
-    """Records ``start .. start+count`` of ``path``, across its parts in order."""
-    return (record for _, _, record in read_parts(kind, path, start, count, label_names))
-
-
-def read_parts(
-    kind: SourceKind,
-    path: Path,
-    start: int = 0,
-    count: int | None = None,
-    label_names: list[str] | None = None,
 ) -> Iterator[tuple[Path, int, Record]]:
-    """``(part, index in part, record)`` of records ``start .. start+count`` of ``path``,
+    """``(part, index in part, record)`` for records ``start .. start+count`` of ``path``,
     across its parts in order (a part wholly before ``start`` is counted, not read).
     ``label_names`` names an idx file's numeric labels when :func:`idx_label_names` cannot
     (a copy of Fashion-MNIST elsewhere). DatasetError for a kind that only Spark or Kafka

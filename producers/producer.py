@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from imagetag.avro import AvroSerializer
 from imagetag.errors import ConfigError, RecordError, ServiceError
@@ -111,19 +111,23 @@ class ProducerStats:
 
 
 DeliveryCallback = Callable[[str, str | None], None]  # (image id, error or None)
+ClientReport = Callable[[str | None], None]  # a client's delivery report: the error, or None
+
+
+class OutgoingMessage(NamedTuple):
+    """One record as ImageProducer hands it to a client: every client (and a test's fake)
+    takes the same four fields, so they travel together instead of as four arguments."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
 
 
 class _Client(Protocol):
     """What ImageProducer needs from a Kafka client library."""
 
-    def produce(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        headers: list[tuple[str, bytes]],
-        on_delivery: Callable[[str | None], None],
-    ) -> None:
+    def produce(self, message: OutgoingMessage, on_delivery: ClientReport) -> None:
         """Queue one message; BufferError when the local queue is full."""
 
     def poll(self, timeout_s: float) -> None:
@@ -166,20 +170,17 @@ class _ConfluentClient:
             raise ServiceError("kafka", self._address, f"not reachable: {exc}") from exc
         return {name for name, t in metadata.topics.items() if t.error is None}
 
-    def produce(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        headers: list[tuple[str, bytes]],
-        on_delivery: Callable[[str | None], None],
-    ) -> None:
+    def produce(self, message: OutgoingMessage, on_delivery: ClientReport) -> None:
         def report(err: Any, _msg: Any) -> None:
             on_delivery(None if err is None else f"{err.name()}: {err.str()}")
 
         try:
             self._producer.produce(
-                topic, value=value, key=key, headers=list(headers), on_delivery=report
+                message.topic,
+                value=message.value,
+                key=message.key,
+                headers=list(message.headers),
+                on_delivery=report,
             )
         except self._kafka_exception as exc:  # refused locally, e.g. MSG_SIZE_TOO_LARGE
             error = exc.args[0]
@@ -289,31 +290,27 @@ class _KafkaPythonClient:
         except self._errors.KafkaError as exc:
             raise ServiceError("kafka", self._address, f"not reachable: {exc}") from exc
 
-    def produce(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        headers: list[tuple[str, bytes]],
-        on_delivery: Callable[[str | None], None],
-    ) -> None:
+    def produce(self, message: OutgoingMessage, on_delivery: ClientReport) -> None:
+        size = len(message.value)
         with self._lock:
             full = self._futures and (
                 len(self._futures) >= self._max_pending
-                or self._pending_bytes + len(value) > self._max_pending_bytes
+                or self._pending_bytes + size > self._max_pending_bytes
             )
         if full:
             raise BufferError("kafka-python: local queue full")
         try:
-            future = self._producer.send(topic, value=value, key=key, headers=headers)
+            future = self._producer.send(
+                message.topic, value=message.value, key=message.key, headers=message.headers
+            )
         except self._errors.KafkaTimeoutError as exc:
             raise BufferError(str(exc)) from exc
         except self._errors.KafkaError as exc:  # e.g. MessageSizeTooLargeError, raised locally
             on_delivery(f"{type(exc).__name__}: {exc}")
             return
         with self._lock:
-            self._futures[future] = len(value)
-            self._pending_bytes += len(value)
+            self._futures[future] = size
+            self._pending_bytes += size
 
         def forget() -> None:
             with self._lock:
@@ -502,12 +499,16 @@ class ImageProducer:
             "label": label,
             "metadata": meta,
         }
-        value = self._serialize(event)
-        headers = [
-            (HEADER_CONTENT_TYPE, CONTENT_TYPES[fmt].encode()),
-            (HEADER_SCHEMA_FINGERPRINT, self._fingerprint_header),
-        ]
-        size = len(value)
+        message = OutgoingMessage(
+            self.topic,
+            image_id.encode(),
+            self._serialize(event),
+            [
+                (HEADER_CONTENT_TYPE, CONTENT_TYPES[fmt].encode()),
+                (HEADER_SCHEMA_FINGERPRINT, self._fingerprint_header),
+            ],
+        )
+        size = len(message.value)
 
         def delivered(error: str | None) -> None:
             with self._lock:
@@ -526,7 +527,7 @@ class ImageProducer:
             self.stats.queued += 1
         while True:
             try:
-                self._client.produce(self.topic, image_id.encode(), value, headers, delivered)
+                self._client.produce(message, delivered)
                 break
             except BufferError:
                 # Local queue full: let the brokers catch up (serving delivery reports), retry.

@@ -38,7 +38,7 @@ from imagetag.sourceformats import (
     SourceKind,
     fashion_mnist_split,
     parts,
-    read_parts,
+    read,
     sniff_path,
 )
 
@@ -99,7 +99,7 @@ def _indexed(
             record.label,
             {"dataset": dataset, "name": record.name},
         )
-        for part, index, record in read_parts(kind, path, start, count, label_names)
+        for part, index, record in read(kind, path, start, count, label_names)
     )
     return Source(str(path), items, hint)
 

@@ -54,7 +54,8 @@ model's tags.
 Layout: ``options`` (options, splits, summary, the error), ``planning`` (sniffing and planning
 splits from metadata), ``readers`` (executor side: records -> Kafka-shaped rows), ``retag``
 (the ids to re-tag, Solr deletes), ``state`` (the state folder, ledger tokens), ``job`` (the
-``Backfill`` run, ``run`` and ``run_backfill``). This package re-exports their public names.
+``Backfill`` run, ``run`` and ``run_backfill``). This package exports the job's API (the
+options, the summary, the entry points); the parts are imported from their modules.
 """
 
 from batch.backfill.job import Backfill, run, run_backfill
@@ -68,30 +69,6 @@ from batch.backfill.options import (
     BackfillSummary,
     Split,
 )
-from batch.backfill.planning import (
-    kafka_watermarks,
-    list_folder,
-    plan_file_groups,
-    plan_kafka_ranges,
-    plan_parquet,
-    plan_ranges,
-    rounds,
-    sniff_kind,
-    source_path,
-)
-from batch.backfill.readers import (
-    archive_event_rows,
-    archive_split_rows,
-    content_type_of,
-    event_row,
-    expand_splits,
-    folder_rows,
-    parquet_rows,
-    rows_frame,
-    split_records,
-)
-from batch.backfill.retag import review_ids_frame, solr_delete_partition, solr_ids_partition
-from batch.backfill.state import BackfillState, round_token, state_hash, token_splits
 
 __all__ = [
     "DEFAULT_SPLIT_BYTES",
@@ -101,33 +78,8 @@ __all__ = [
     "Backfill",
     "BackfillError",
     "BackfillOptions",
-    "BackfillState",
     "BackfillSummary",
     "Split",
-    "archive_event_rows",
-    "archive_split_rows",
-    "content_type_of",
-    "event_row",
-    "expand_splits",
-    "folder_rows",
-    "kafka_watermarks",
-    "list_folder",
-    "parquet_rows",
-    "plan_file_groups",
-    "plan_kafka_ranges",
-    "plan_parquet",
-    "plan_ranges",
-    "review_ids_frame",
-    "round_token",
-    "rounds",
-    "rows_frame",
     "run",
     "run_backfill",
-    "sniff_kind",
-    "solr_delete_partition",
-    "solr_ids_partition",
-    "source_path",
-    "split_records",
-    "state_hash",
-    "token_splits",
 ]

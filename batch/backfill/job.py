@@ -42,7 +42,12 @@ from batch.backfill.readers import (
 )
 from batch.backfill.retag import review_ids_frame, solr_delete_partition, solr_ids_partition
 from batch.backfill.state import BackfillState, round_token, state_hash, token_splits
-from imagetag.contracts import BACKFILL_ARCHIVE_SCHEMA, KAFKA_COLUMNS, KAFKA_SCHEMA
+from imagetag.contracts import (
+    ARCHIVE_EVENT_COLUMNS,
+    BACKFILL_ARCHIVE_SCHEMA,
+    KAFKA_COLUMNS,
+    KAFKA_SCHEMA,
+)
 from imagetag.errors import NoModelError
 from imagetag.hadoop import archive_roots, canonical, file_uri, from_hadoop, spark_path
 from imagetag.records import now_ms
@@ -244,13 +249,7 @@ class Backfill:
                 self.spark.read.option("basePath", spark_path(root))
                 .parquet(*[spark_path(p) for p in paths])
                 .select(
-                    "id",
-                    "image",
-                    "content_type",
-                    "source",
-                    "produced_at",
-                    "label",
-                    "metadata",
+                    *ARCHIVE_EVENT_COLUMNS,
                     "ingested_at",
                     F.col("_metadata.file_path").alias("file_path"),
                     F.col("_metadata.row_index").alias("row_index"),
@@ -303,7 +302,7 @@ class Backfill:
             mode = self.options.retag
             parts: list[DataFrame] = []
             if mode in ("older", "all"):
-                settings_json, current = self.settings.model_dump_json(), self.current
+                settings_json, current = self.settings.for_executors(), self.current
                 older = self.spark.sparkContext.parallelize([0], 1).mapPartitions(
                     lambda _: ((i,) for i in solr_ids_partition(settings_json, current))
                 )
@@ -452,7 +451,7 @@ class Backfill:
                     self.settings, tagged, self.sink, token, appends=self.options.kafka_sinks
                 )
                 if self.options.retag:
-                    settings_json = self.settings.model_dump_json()
+                    settings_json = self.settings.for_executors()
                     tagged.out.where("kind != 'tagged' AND id != ''").select(
                         "id"
                     ).rdd.mapPartitions(solr_delete_partition(settings_json)).collect()

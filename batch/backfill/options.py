@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from imagetag.errors import ConfigError, ImagetagError
+from imagetag.errors import ConfigError, ImagetagError, check_minimums
 from imagetag.sourceformats import SourceKind
 
 # Source formats (``--format``; sniffed when not given): every kind of the registry.
@@ -66,16 +66,16 @@ class BackfillOptions:
             object.__setattr__(self, "kind", SourceKind(self.kind))
         if self.retag is not None and self.retag not in RETAG_MODES:
             raise ConfigError(f"retag must be one of {', '.join(RETAG_MODES)}, not {self.retag!r}")
-        for name, minimum in (
-            ("split_size", 1),
-            ("split_bytes", 1),
-            ("splits_per_round", 1),
-            ("max_splits", 0),
-            ("batch_size", 1),
-        ):
-            value = getattr(self, name)
-            if value is not None and value < minimum:
-                raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        check_minimums(
+            self,
+            {
+                "split_size": 1,
+                "split_bytes": 1,
+                "splits_per_round": 1,
+                "max_splits": 0,
+                "batch_size": 1,
+            },
+        )
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def split_records(split: Split) -> Iterator[tuple[int, str, bytes, str | None, d
     path = Path(split.paths[0])
     uri = file_uri(str(path))
     dataset = sourceformats.FORMATS[kind].dataset
-    records = sourceformats.read_parts(kind, path, split.start, split.count)
+    records = sourceformats.read(kind, path, split.start, split.count)
     for i, (_, index, record) in enumerate(records):
         anchor = quote(record.name, safe="/:") if kind is SourceKind.SEQUENCEFILE else index
         meta = {"dataset": dataset, "name": record.name}

@@ -19,7 +19,7 @@ def solr_ids_partition(settings_json: str, current: str, page: int = 10_000) -> 
     Runs on one executor so that millions of ids never pass through the driver."""
     from imagetag.solr import solr_client
 
-    settings = Settings.model_validate_json(settings_json)
+    settings = Settings.from_executors(settings_json)
     client = solr_client(settings)
     cursor = "*"
     escaped = current.replace("\\", "\\\\").replace('"', '\\"')
@@ -67,7 +67,7 @@ def solr_delete_partition(settings_json: str) -> Callable[[Iterable[Any]], Itera
         ids = [row.id for row in rows if row.id]
         if not ids:
             return
-        client = solr_client(Settings.model_validate_json(settings_json))
+        client = solr_client(Settings.from_executors(settings_json))
         for i in range(0, len(ids), 500):
             client.delete(id=ids[i : i + 500], commit=False)
         yield len(ids)

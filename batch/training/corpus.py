@@ -174,5 +174,5 @@ def read_shard(shard: dict[str, Any]) -> Iterator[tuple[str, bytes, str | None]]
     records = sourceformats.read(
         source_kind, Path(shard["path"]), int(shard["start"]), int(shard["count"]), names
     )
-    for record in records:
+    for _, _, record in records:
         yield record.name, record.data, record.label

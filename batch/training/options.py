@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagetag.dictionary import NORMALIZATIONS, POOLINGS
-from imagetag.errors import ConfigError, ImagetagError
+from imagetag.errors import ConfigError, ImagetagError, check_minimums
 from imagetag.features import FEATURIZERS
 
 # When a trained bundle becomes CURRENT: always (the default), only if it beats CURRENT on the
@@ -64,22 +64,22 @@ class TrainOptions:
                 raise ConfigError(
                     f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
                 )
-        for name, minimum in (
-            ("k", 1),
-            ("levels", 1),
-            ("neighbors", 1),
-            ("trees", 1),
-            ("depth", 0),
-            ("max_bins", 2),
-            ("min_instances", 1),
-            ("sample_size", 1),
-            ("descriptors_per_image", 1),
-            ("kmeans_iterations", 1),
-            ("limit", 1),
-        ):
-            value = getattr(self, name)
-            if value is not None and value < minimum:
-                raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        check_minimums(
+            self,
+            {
+                "k": 1,
+                "levels": 1,
+                "neighbors": 1,
+                "trees": 1,
+                "depth": 0,
+                "max_bins": 2,
+                "min_instances": 1,
+                "sample_size": 1,
+                "descriptors_per_image": 1,
+                "kmeans_iterations": 1,
+                "limit": 1,
+            },
+        )
         if self.levels > 4:
             raise ConfigError(f"levels must be 1..4, got {self.levels}")
         if not 0 < self.subsampling <= 1:

@@ -4,7 +4,7 @@ batches out) and the schemas of what they yield. OpenCV runs single-threaded in 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,50 @@ def _extract(
     return features.descriptors, features.positions
 
 
+def _shards(frames: Iterable[pd.DataFrame]) -> Iterator[dict[str, Any]]:
+    """Each shard row of the batches mapInPandas hands over, as the dict read_shard takes."""
+    for frame in frames:
+        yield from frame.to_dict("records")
+
+
+class _EncodedShard(NamedTuple):
+    """The decodable records of one shard and their encoded vectors, in the same order."""
+
+    names: list[str]
+    labels: list[str | None]
+    vectors: np.ndarray
+
+
+def _encode_shard(
+    shard: dict[str, Any], featurizer: Featurizer, limits: ImageLimits, dictionary: VisualDictionary
+) -> _EncodedShard | None:
+    """Every decodable record of ``shard`` encoded by ``dictionary`` in one batch (one matrix
+    product for the whole shard); None when none decodes. Training and the scoring of CURRENT
+    both encode through here, so a bundle is scored on vectors made exactly as it was trained."""
+    names: list[str] = []
+    labels: list[str | None] = []
+    descriptors: list[np.ndarray] = []
+    positions: list[np.ndarray] = []
+    for name, data, label in read_shard(shard):
+        extracted = _extract(featurizer, limits, data)
+        if extracted is None:
+            continue
+        names.append(name)
+        labels.append(label)
+        descriptors.append(extracted[0])
+        positions.append(extracted[1])
+    if not names:
+        return None
+    counts = np.array([len(d) for d in descriptors])
+    vectors = dictionary.encode_batch(
+        np.concatenate(descriptors),
+        np.repeat(np.arange(len(names)), counts),
+        len(names),
+        np.concatenate(positions),
+    )
+    return _EncodedShard(names, labels, vectors)
+
+
 def sample_descriptors(
     featurizer: Featurizer, limits: ImageLimits, image_rate: float, per_image: int, seed: int
 ) -> MapFunction:
@@ -41,23 +85,22 @@ def sample_descriptors(
 
     def run(shards: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         single_threaded_opencv()
-        for frame in shards:
-            for shard in frame.to_dict("records"):
-                rng = np.random.default_rng([seed, int(shard["shard"])])
-                picked: list[np.ndarray] = []
-                for _, data, _ in read_shard(shard):
-                    if rng.random() >= image_rate:
-                        continue
-                    extracted = _extract(featurizer, limits, data)
-                    if extracted is None or len(extracted[0]) == 0:
-                        continue
-                    descriptors = extracted[0]
-                    take = min(per_image, len(descriptors))
-                    rows = rng.choice(len(descriptors), take, replace=False)
-                    picked.append(descriptors[rows])
-                if picked:
-                    stacked = np.concatenate(picked).astype(np.float32)
-                    yield pd.DataFrame({"descriptor": list(stacked)})
+        for shard in _shards(shards):
+            rng = np.random.default_rng([seed, int(shard["shard"])])
+            picked: list[np.ndarray] = []
+            for _, data, _ in read_shard(shard):
+                if rng.random() >= image_rate:
+                    continue
+                extracted = _extract(featurizer, limits, data)
+                if extracted is None or len(extracted[0]) == 0:
+                    continue
+                descriptors = extracted[0]
+                take = min(per_image, len(descriptors))
+                rows = rng.choice(len(descriptors), take, replace=False)
+                picked.append(descriptors[rows])
+            if picked:
+                stacked = np.concatenate(picked).astype(np.float32)
+                yield pd.DataFrame({"descriptor": list(stacked)})
 
     return run
 
@@ -86,34 +129,18 @@ def encode_shards(featurizer: Featurizer, limits: ImageLimits, dictionary: Any) 
     def run(shards: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         single_threaded_opencv()
         vd: VisualDictionary = dictionary.value
-        for frame in shards:
-            for shard in frame.to_dict("records"):
-                names, labels, descriptors, positions = [], [], [], []
-                for name, data, label in read_shard(shard):
-                    extracted = _extract(featurizer, limits, data)
-                    if extracted is None:
-                        continue
-                    names.append(name)
-                    labels.append(label)
-                    descriptors.append(extracted[0])
-                    positions.append(extracted[1])
-                if not names:
-                    continue
-                counts = np.array([len(d) for d in descriptors])
-                vectors = vd.encode_batch(
-                    np.concatenate(descriptors),
-                    np.repeat(np.arange(len(names)), counts),
-                    len(names),
-                    np.concatenate(positions),
-                )
-                yield pd.DataFrame(
-                    {
-                        "split": shard["split"],
-                        "label": labels,
-                        "name": names,
-                        "features": [_sparse(v) for v in vectors],
-                    }
-                )
+        for shard in _shards(shards):
+            encoded = _encode_shard(shard, featurizer, limits, vd)
+            if encoded is None:
+                continue
+            yield pd.DataFrame(
+                {
+                    "split": shard["split"],
+                    "label": encoded.labels,
+                    "name": encoded.names,
+                    "features": [_sparse(v) for v in encoded.vectors],
+                }
+            )
 
     return run
 
@@ -187,33 +214,18 @@ def evaluate_bundle_on_shards(bundle: Any, limits: ImageLimits) -> MapFunction:
     def run(shards: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         single_threaded_opencv()
         model: ModelBundle = bundle.value
-        for frame in shards:
-            for shard in frame.to_dict("records"):
-                labels, descriptors, positions = [], [], []
-                for _, data, label in read_shard(shard):
-                    extracted = _extract(model.featurizer, limits, data)
-                    if extracted is None:
-                        continue
-                    labels.append(label)
-                    descriptors.append(extracted[0])
-                    positions.append(extracted[1])
-                if not labels:
-                    continue
-                counts = np.array([len(d) for d in descriptors])
-                vectors = model.dictionary.encode_batch(
-                    np.concatenate(descriptors),
-                    np.repeat(np.arange(len(labels)), counts),
-                    len(labels),
-                    np.concatenate(positions),
-                )
-                votes = model.forest.vote(vectors)
-                yield pd.DataFrame(
-                    {
-                        "label": labels,
-                        "predicted": [str(x) for x in votes.labels],
-                        "confidence": votes.confidence,
-                        "fractions": list(votes.fractions),
-                    }
-                )
+        for shard in _shards(shards):
+            encoded = _encode_shard(shard, model.featurizer, limits, model.dictionary)
+            if encoded is None:
+                continue
+            votes = model.forest.vote(encoded.vectors)
+            yield pd.DataFrame(
+                {
+                    "label": encoded.labels,
+                    "predicted": [str(x) for x in votes.labels],
+                    "confidence": votes.confidence,
+                    "fractions": list(votes.fractions),
+                }
+            )
 
     return run

@@ -9,27 +9,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 
 from batch import backfill as job
 from batch.backfill import KINDS, RETAG_MODES, BackfillOptions
+from imagetag.commands import _common
 from imagetag.settings import Settings
 
-
-def parse_date(value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from exc
+# argparse type of ``--since``.
+parse_date = _common.argument_type(dt.date.fromisoformat, ValueError, "a date (YYYY-MM-DD)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "source",
-        nargs="?",
-        default="archive",
-        metavar="SOURCE",
-        help="archive[:PATH] (default: the stream's raw archive), a folder, Parquet, "
+    """The arguments of ``imagetag backfill``."""
+    _common.add_source_argument(
+        parser,
+        "archive[:PATH] (default: the stream's raw archive), a folder, Parquet, "
         "SequenceFile(s), CIFAR batch(es), Tiny Images .bin, or kafka[:TOPIC]",
     )
     parser.add_argument("--format", dest="kind", choices=KINDS, help="source format (sniffed)")
@@ -86,10 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=500, metavar="N", help="images per tag_batch call"
     )
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (it goes to stderr)"
-    )
+    _common.add_output_arguments(parser, json_help="print the summary as JSON")
 
 
 def options_from_args(args: argparse.Namespace) -> BackfillOptions:
@@ -110,7 +101,7 @@ def options_from_args(args: argparse.Namespace) -> BackfillOptions:
         label_column=args.label_column,
         archive=args.archive,
         batch_size=args.batch_size,
-        progress=False if args.no_progress else None,
+        progress=_common.progress_option(args),
         fresh=args.fresh,
     )
 
@@ -118,6 +109,5 @@ def options_from_args(args: argparse.Namespace) -> BackfillOptions:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the backfill and print its summary (it says how many splits are left when
     ``--max-splits`` stopped it early). Returns the exit code, 0."""
-    summary = job.run(settings, options_from_args(args))
-    print(json.dumps(summary.as_dict(), sort_keys=True) if args.json else summary.format())
+    _common.print_summary(job.run(settings, options_from_args(args)), args.json)
     return 0

@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from imagetag.commands import _common
 from imagetag.errors import ImagetagError
 from imagetag.settings import Settings
 
@@ -44,10 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--topic", help="topic to write to (default: kafka.topic_images)")
     parser.add_argument("--limit", type=int, metavar="N", help="stop after N inputs in all")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (it goes to stderr)"
-    )
+    _common.add_output_arguments(parser, json_help="print the summary as JSON on stdout")
 
 
 def _label_from(value: str | None) -> str | Path | None:

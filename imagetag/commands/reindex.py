@@ -8,22 +8,16 @@ The parser lives here and turns the arguments into the job's ``ReindexOptions``;
 from __future__ import annotations
 
 import argparse
-import json
 
 from batch import reindex as job
 from batch.reindex import ReindexOptions
+from imagetag.commands import _common
 from imagetag.settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``imagetag reindex``."""
-    parser.add_argument(
-        "source",
-        nargs="?",
-        default="archive",
-        metavar="SOURCE",
-        help="what to index (default: the archive); any backfill SOURCE",
-    )
+    _common.add_source_argument(parser, "what to index (default: the archive); any backfill SOURCE")
     parser.add_argument(
         "--drop-old", action="store_true", help="delete the old collection after the switch"
     )
@@ -39,10 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 0.9; 0 to switch whatever it holds)",
     )
     parser.add_argument("--max-splits", type=int, metavar="N", help="stop after N splits")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (it goes to stderr)"
-    )
+    _common.add_output_arguments(parser, json_help="print the result as JSON")
 
 
 def options_from_args(args: argparse.Namespace) -> ReindexOptions:
@@ -53,7 +44,7 @@ def options_from_args(args: argparse.Namespace) -> ReindexOptions:
         fresh=args.fresh,
         min_fraction=args.min_fraction,
         max_splits=args.max_splits,
-        progress=False if args.no_progress else None,
+        progress=_common.progress_option(args),
     )
 
 
@@ -61,5 +52,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Rebuild and switch; print the result. Exit code 0 when the alias was switched, 1 when
     the rebuild is unfinished (``--max-splits``) and the alias stayed."""
     result = job.run(settings, options_from_args(args))
-    print(json.dumps(result.as_dict(), sort_keys=True) if args.json else result.format())
+    _common.print_summary(result, args.json)
     return 0 if result.switched else 1

@@ -9,26 +9,26 @@ The parser lives here and turns the arguments into the job's ``RetrainOptions``;
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import sys
 from typing import Any
 
 from batch import retrain as job
 from batch.retrain import RETAG_MODES, RetrainOptions, RetrainResult
 from batch.train import FEATURIZER_NAMES
+from imagetag.commands import _common
 from imagetag.durations import DurationError, parse_duration
 from imagetag.settings import Settings
 
 # Training knobs `imagetag retrain` passes through to TrainOptions (as `imagetag train` names them).
 TRAIN_ARGUMENTS = ("k", "trees", "depth", "levels", "limit", "sample_size", "featurizer", "seed")
 
-
-def _duration(value: str) -> float:
-    """argparse type of ``--every``: seconds."""
-    try:
-        return parse_duration(value, bare_seconds=True)
-    except DurationError as exc:
-        raise argparse.ArgumentTypeError(f"not a duration (like 30m, 6h, 1d): {value!r}") from exc
+# argparse type of ``--every``: seconds.
+_duration = _common.argument_type(
+    functools.partial(parse_duration, bare_seconds=True),
+    DurationError,
+    "a duration (like 30m, 6h, 1d)",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--sample-size", type=int, help="descriptors for KMeans")
     training.add_argument("--featurizer", choices=FEATURIZER_NAMES)
     training.add_argument("--seed", type=int)
-    parser.add_argument("--json", action="store_true", help="print each run's result as JSON")
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bar for the re-tag backfill"
+    _common.add_output_arguments(
+        parser,
+        json_help="print each run's result as JSON",
+        progress_help="no progress bar for the re-tag backfill",
     )
 
 
@@ -90,7 +91,7 @@ def options_from_args(args: argparse.Namespace) -> RetrainOptions:
         retag=None if args.retag == "none" else args.retag,
         train=train,
         force=args.force,
-        progress=False if args.no_progress else None,
+        progress=_common.progress_option(args),
         every_s=args.every,
         max_runs=args.max_runs,
     )
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     code 1 when a scheduled run failed (it was logged and the schedule went on), else 0."""
 
     def show(result: RetrainResult) -> None:
-        print(json.dumps(result.as_dict(), sort_keys=True) if args.json else result.format())
+        _common.print_summary(result, args.json)
         sys.stdout.flush()
 
     summary = job.run(settings, options_from_args(args), on_result=show)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from batch.backfill import event_row, rows_frame
+from batch.backfill.readers import event_row, rows_frame
 from imagetag.dictionary import VisualDictionary
 from imagetag.images import decode_image
 from imagetag.settings import ImageLimits, Settings

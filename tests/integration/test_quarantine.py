@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batch.backfill import event_row, rows_frame
+from batch.backfill.readers import event_row, rows_frame
 from imagetag.avro import AvroDeserializer
 from imagetag.pipeline import POISON_ENV, POISON_MODE_ENV, CurrentModel, is_data_fault, tag_rows
 from imagetag.settings import Settings

@@ -57,7 +57,7 @@ def test_a_killed_writer_leaves_nothing_and_its_batch_is_written_once(
         import os
         from imagetag.settings import Settings
         from imagetag.sinks import TransactionalSink
-        settings = Settings.model_validate_json({isolated_settings.model_dump_json()!r})
+        settings = Settings.from_executors({isolated_settings.for_executors()!r})
         sink = TransactionalSink(settings, {transactional_id!r})
         sink.write("0", [(settings.kafka.topic_review, b"b0-%d" % i, b"v") for i in range(10)])
         producer = sink._open_producer()

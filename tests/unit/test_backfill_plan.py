@@ -12,26 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batch.backfill import (
-    BackfillError,
-    BackfillOptions,
-    BackfillState,
-    BackfillSummary,
-    Split,
-    archive_event_rows,
-    event_row,
-    expand_splits,
-    folder_rows,
+from batch.backfill import BackfillError, BackfillOptions, BackfillSummary, Split
+from batch.backfill.planning import (
     kafka_watermarks,
     plan_file_groups,
     plan_kafka_ranges,
     plan_ranges,
-    round_token,
     rounds,
     sniff_kind,
-    state_hash,
-    token_splits,
 )
+from batch.backfill.readers import archive_event_rows, event_row, expand_splits, folder_rows
+from batch.backfill.state import BackfillState, round_token, state_hash, token_splits
 from imagetag.avro import AvroDeserializer
 from imagetag.commands.backfill import add_arguments, options_from_args
 from imagetag.datasets import write_sequence_file, write_tiny_images
@@ -48,12 +39,15 @@ from imagetag.hadoop import (
 )
 from imagetag.records import decode_events
 from imagetag.settings import Settings
+from imagetag.sourceformats import SourceKind
 
+# Sniffs as PNG but does not decode: enough for the code that only moves, hashes and names image
+# bytes (here and in test_backfill_retrain).
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
 
 
 def test_plan_ranges_cover_every_record_once() -> None:
-    splits = plan_ranges("tiny", [("/a.bin", 12), ("/b.bin", 5)], 5)
+    splits = plan_ranges(SourceKind.TINY, [("/a.bin", 12), ("/b.bin", 5)], 5)
     assert [(s.paths[0], s.start, s.count) for s in splits] == [
         ("/a.bin", 0, 5),
         ("/a.bin", 5, 5),
@@ -63,18 +57,20 @@ def test_plan_ranges_cover_every_record_once() -> None:
     assert [s.index for s in splits] == [0, 1, 2, 3]
     assert len({s.key for s in splits}) == 4
     with pytest.raises(BackfillError):
-        plan_ranges("tiny", [("/a.bin", 3)], 0)
+        plan_ranges(SourceKind.TINY, [("/a.bin", 3)], 0)
 
 
 def test_plan_file_groups_by_count_and_by_bytes() -> None:
     files = [(f"/f{i}", 10) for i in range(7)]
-    by_count = plan_file_groups("folder", files, max_files=3)
+    by_count = plan_file_groups(SourceKind.FOLDER, files, max_files=3)
     assert [len(s.paths) for s in by_count] == [3, 3, 1]
     assert [s.count for s in by_count] == [3, 3, 1]
-    by_bytes = plan_file_groups("parquet", [("/a", 5), ("/b", 5), ("/c", 50), ("/d", 1)], None, 12)
+    by_bytes = plan_file_groups(
+        SourceKind.PARQUET, [("/a", 5), ("/b", 5), ("/c", 50), ("/d", 1)], None, 12
+    )
     assert [s.paths for s in by_bytes] == [("/a", "/b"), ("/c",), ("/d",)]
     assert by_bytes[0].count is None and by_bytes[0].size == 10
-    assert plan_file_groups("folder", [], max_files=3) == []
+    assert plan_file_groups(SourceKind.FOLDER, [], max_files=3) == []
 
 
 def test_plan_kafka_ranges() -> None:
@@ -83,14 +79,15 @@ def test_plan_kafka_ranges() -> None:
 
 
 def test_split_key_is_stable_and_round_trips() -> None:
-    split = Split(3, "folder", ("/x/a.png", "/x/b.png"), 0, 2)
-    assert split.key == Split(9, "folder", ("/x/a.png", "/x/b.png"), 0, 2).key  # index-free
-    assert split.key != Split(3, "folder", ("/x/a.png",), 0, 1).key
+    split = Split(3, SourceKind.FOLDER, ("/x/a.png", "/x/b.png"), 0, 2)
+    # the key does not depend on the index
+    assert split.key == Split(9, SourceKind.FOLDER, ("/x/a.png", "/x/b.png"), 0, 2).key
+    assert split.key != Split(3, SourceKind.FOLDER, ("/x/a.png",), 0, 1).key
     assert Split.from_json(split.to_json()) == split
 
 
 def test_rounds() -> None:
-    splits = plan_ranges("tiny", [("/a", 10)], 2)
+    splits = plan_ranges(SourceKind.TINY, [("/a", 10)], 2)
     assert [len(r) for r in rounds(splits, 2)] == [2, 2, 1]
     assert [len(r) for r in rounds(splits, 0)] == [1] * 5
 
@@ -147,7 +144,7 @@ def test_sniff_kind(tmp_path: Path) -> None:
 def test_state_records_finished_splits(tmp_path: Path) -> None:
     state = BackfillState(tmp_path / "state")
     manifest = state.open({"source": "/x", "kind": "folder", "started_ms": 1})
-    split = Split(0, "folder", ("/x/a.png",), 0, 1)
+    split = Split(0, SourceKind.FOLDER, ("/x/a.png",), 0, 1)
     assert state.done_keys() == set()
     state.finish(split, {"tagged": 1})
     assert state.done_keys() == {split.key}
@@ -166,7 +163,7 @@ def test_state_records_finished_splits(tmp_path: Path) -> None:
 def test_reset_progress_forgets_splits_markers_and_ids(tmp_path: Path) -> None:
     state = BackfillState(tmp_path / "state")
     state.open({"source": "archive", "kind": "archive", "started_ms": 1})
-    split = Split(0, "archive", ("/a.parquet",))
+    split = Split(0, SourceKind.ARCHIVE, ("/a.parquet",))
     state.finish(split, {})
     sink_id = state.sink_id()
     assert state.sink_id() == sink_id  # stable across resumes
@@ -192,12 +189,12 @@ def test_one_backfill_per_state_folder(tmp_path: Path) -> None:
 
 
 def test_round_token_names_a_round_by_its_splits() -> None:
-    a, b = Split(0, "tiny", ("/t",), 0, 5), Split(1, "tiny", ("/t",), 5, 5)
-    assert round_token([a, b]) == round_token([Split(7, "tiny", ("/t",), 0, 5), b])
-    assert round_token([a, b]) != round_token([a, Split(2, "tiny", ("/t",), 10, 5)])
+    a, b = Split(0, SourceKind.TINY, ("/t",), 0, 5), Split(1, SourceKind.TINY, ("/t",), 5, 5)
+    assert round_token([a, b]) == round_token([Split(7, SourceKind.TINY, ("/t",), 0, 5), b])
+    assert round_token([a, b]) != round_token([a, Split(2, SourceKind.TINY, ("/t",), 10, 5)])
     assert round_token([a]) != round_token([a, b])
     assert token_splits(round_token([a, b])) == {a.key, b.key}  # a restart reads them back
-    many = [Split(i, "tiny", ("/t",), 5 * i, 5) for i in range(500)]
+    many = [Split(i, SourceKind.TINY, ("/t",), 5 * i, 5) for i in range(500)]
     assert round_token(many).startswith("sha1:") and len(round_token(many)) < 4096
     assert token_splits(round_token(many)) == set() and token_splits(None) == set()
 
@@ -226,7 +223,7 @@ def test_expand_splits_reads_a_tiny_images_range(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     tiny = tmp_path / "t.bin"
     write_tiny_images(tiny, [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(9)])
-    split = Split(4, "tiny", (str(tiny),), 2, 5)
+    split = Split(4, SourceKind.TINY, (str(tiny),), 2, 5)
     frames = list(
         expand_splits([pd.DataFrame({"split": [split.to_json()]})], "backfill:tiny", 5, 2, 10**6)
     )

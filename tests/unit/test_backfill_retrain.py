@@ -24,8 +24,7 @@ from batch.retrain import (
 from imagetag.commands.retrain import add_arguments, options_from_args
 from imagetag.durations import DurationError, parse_duration
 from imagetag.errors import ConfigError
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 30
+from tests.unit.test_backfill_plan import PNG
 
 
 def test_parse_duration() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from producers.producer import (
     HEADER_CONTENT_TYPE,
     HEADER_SCHEMA_FINGERPRINT,
     REFUSAL_REASONS,
+    ClientReport,
+    OutgoingMessage,
 )
 
 # Nothing listens here: a producer that tried to talk to a broker would fail, not hang.
@@ -38,24 +39,17 @@ class FakeClient:
     """Records what the producer hands to the Kafka client; delivers on poll."""
 
     def __init__(self, full_times: int = 0) -> None:
-        self.messages: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
-        self.pending: list[Callable[[str | None], None]] = []
+        self.messages: list[OutgoingMessage] = []
+        self.pending: list[ClientReport] = []
         self.full_times = full_times
         self.polls = 0
         self.fail_with: str | None = None
 
-    def produce(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        headers: list[tuple[str, bytes]],
-        on_delivery: Callable[[str | None], None],
-    ) -> None:
+    def produce(self, message: OutgoingMessage, on_delivery: ClientReport) -> None:
         if self.full_times:
             self.full_times -= 1
             raise BufferError("Local: Queue full")
-        self.messages.append((topic, key, value, headers))
+        self.messages.append(message)
         self.pending.append(on_delivery)
 
     def poll(self, timeout_s: float) -> None:

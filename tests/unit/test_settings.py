@@ -97,6 +97,7 @@ def test_derive_changes_only_given_keys() -> None:
 def test_child_env_loads_back_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings.load().derive(
         kafka={"topic_images": "x.images", "client": {"sasl.password": "s3cret"}},
+        solr={"username": "indexer", "password": "s0lr"},
         spark={"trigger_seconds": 2.5, "conf": {"spark.ui.enabled": "false"}},
         model_store="/tmp/models",
         vote_threshold=0.5,
@@ -107,3 +108,23 @@ def test_child_env_loads_back_the_same_settings(monkeypatch: pytest.MonkeyPatch)
         if key.startswith("IMAGETAG_"):
             monkeypatch.setenv(key, value)
     assert Settings.load() == settings
+
+
+def test_settings_reach_executors_with_their_secrets_and_nothing_prints_them() -> None:
+    settings = Settings.load().derive(
+        kafka={"client": {"sasl.username": "stream", "sasl.password": "k-s3cret"}},
+        solr={"username": "indexer", "password": "s-s3cret"},
+    )
+    shipped = settings.for_executors()
+    rebuilt = Settings.from_executors(shipped)
+    assert rebuilt == settings
+    assert rebuilt.kafka.client_config()["sasl.password"] == "k-s3cret"
+    assert rebuilt.solr.password is not None
+    assert rebuilt.solr.password.get_secret_value() == "s-s3cret"
+    for shown in (
+        repr(settings),
+        str(settings),
+        settings.model_dump_json(),
+        str(settings.public_dict()),
+    ):
+        assert "k-s3cret" not in shown and "s-s3cret" not in shown

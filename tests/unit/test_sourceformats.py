@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batch.backfill import sniff_kind
-from batch.backfill.planning import plan_record_ranges
+from batch.backfill.planning import plan_record_ranges, sniff_kind
 from batch.training.corpus import plan_corpus, training_kind
 from batch.training.options import TrainError
 from imagetag import sourceformats
@@ -132,17 +131,17 @@ def _tiny(tmp_path: Path) -> Path:
 
 
 def test_read_windows_cross_parts(corpora: dict[str, Path]) -> None:
-    got = list(sourceformats.read_parts(SourceKind.CIFAR, corpora["cifar10"], 2, 2))
+    got = list(sourceformats.read(SourceKind.CIFAR, corpora["cifar10"], 2, 2))
     assert [(part.name, index) for part, index, _ in got] == [
         ("data_batch_1", 2),
         ("test_batch", 0),
     ]
-    names = [r.name for r in sourceformats.read(SourceKind.SEQUENCEFILE, corpora["seq"], 2, 2)]
+    names = [r.name for *_, r in sourceformats.read(SourceKind.SEQUENCEFILE, corpora["seq"], 2, 2)]
     assert names == ["a2.png", "b0.png"]
-    labels = [r.label for r in sourceformats.read(SourceKind.IDX, corpora["idx"], 3)]
+    labels = [r.label for *_, r in sourceformats.read(SourceKind.IDX, corpora["idx"], 3)]
     assert labels == ["3", "4"]  # class numbers: not Debian's Fashion-MNIST
     named = sourceformats.read(SourceKind.IDX, corpora["idx"], 0, 1, label_names=list("abcde"))
-    assert [r.label for r in named] == ["a"]
+    assert [r.label for *_, r in named] == ["a"]
 
 
 def test_spark_kinds_are_not_read_here(tmp_path: Path) -> None:
