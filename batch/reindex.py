@@ -1,7 +1,7 @@
 """Blue/green re-indexing: rebuild the Solr index in a new collection, then move the alias.
 
     imagetag reindex [--drop-old] [SOURCE]
-    spark-submit --py-files deps.zip submit.py reindex [--drop-old]
+    imagetag submit reindex [--drop-old]           # through spark-submit
 
 ``run(settings, ReindexOptions(...))`` is the job (``imagetag.commands.reindex`` turns the
 command line into the options); ``reindex`` does it in a Spark session the caller owns.

@@ -1,7 +1,7 @@
 """Periodic retraining: train on the labelled corpus, promote only if better, re-tag.
 
     imagetag retrain --data fashion-mnist [--every 1d] [--retag all]
-    spark-submit --py-files deps.zip submit.py retrain --data hdfs-mounted/corpus ...
+    imagetag submit retrain --data hdfs-mounted/corpus ...   # through spark-submit
 
 ``run(settings, RetrainOptions(...))`` is the job (``imagetag.commands.retrain`` turns the
 command line into the options); ``retrain_once`` is one run in a Spark session the caller owns.

@@ -1,7 +1,8 @@
 """The training job: corpus -> descriptors -> visual dictionary -> forest -> evaluated bundle.
 
-Run it as ``imagetag train --data SOURCE ...`` or with ``spark-submit submit.py train --data
-SOURCE ...`` (the same command); from Python, ``train(settings, TrainOptions(...))``.
+Run it as ``imagetag train --data SOURCE ...`` or on a cluster with ``imagetag submit train
+--data SOURCE ...`` (the same command, through spark-submit); from Python,
+``train(settings, TrainOptions(...))``.
 
 Stages (each printed with its wall time):
 

@@ -13,11 +13,12 @@ Serde are objects with one call, like confluent-kafka's ``Serializer.__call__(ob
     event = AvroDeserializer("ImageEvent")(value)
 
 Where the schemas are found (:func:`schemas_dir`): an explicit ``directory`` argument if given;
-otherwise ``<repo>/schemas`` next to the ``imagetag`` package folder (which is where it is in a
-source checkout and with an editable install, ``pip install -e .``, since the package is then
-imported from the checkout), then ``./schemas`` in the working directory. A regular
-(non-editable) wheel does not carry ``schemas/``: pass ``directory`` or run from the repository.
-(No ``IMAGETAG_*`` environment variable for it: every one of those is a setting.)
+otherwise inside the ``imagetag`` package (``imagetag/schemas/``, package data, read through
+``importlib.resources``: so it is there in a source checkout, an editable or a regular install,
+and in the zip that ``spark-submit --py-files`` ships to executors), then ``./schemas`` in the
+working directory. ``schemas/`` at the repository root links to the package's folder: it is
+where the wire contract is documented for producers in other languages. (No ``IMAGETAG_*``
+environment variable for it: every one of those is a setting.)
 
 Older writer schemas live in ``schemas/history/`` (see its README); the deserializer indexes
 them and the current ones by fingerprint. Serializers and deserializers hold only parsed
@@ -30,6 +31,8 @@ import io
 import json
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -42,29 +45,32 @@ from imagetag.errors import ConfigError, RecordError
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 SCHEMA_NAMES = ("ImageEvent", "TagResult", "DeadLetter")
-_PACKAGE_DIR = Path(__file__).resolve().parent
 
 Schema = dict[str, Any]
 
 
-def schemas_dir(explicit: str | Path | None = None) -> Path:
-    """The folder holding the ``*.avsc`` files (see the module docstring for the search order).
+def schemas_dir(explicit: str | Path | None = None) -> Traversable:
+    """The folder holding the ``*.avsc`` files (see the module docstring for the search order):
+    a path, or a folder inside a zip when the package is imported from one.
 
     Raises ConfigError naming the places looked at when none holds ``ImageEvent.avsc``.
     """
-    candidates = (
-        [Path(explicit)]
-        if explicit is not None
-        else [_PACKAGE_DIR.parent / "schemas", Path.cwd() / "schemas"]
+    candidates: list[Traversable] = (
+        [Path(explicit)] if explicit is not None else [_packaged(), Path.cwd() / "schemas"]
     )
     for candidate in candidates:
-        if (candidate / "ImageEvent.avsc").is_file():
+        if candidate.joinpath("ImageEvent.avsc").is_file():
             return candidate
     raise ConfigError(
         "Avro schemas not found in "
         + ", ".join(str(c) for c in candidates)
-        + " (run from the repository, install it with `pip install -e .`, or pass schemas_dir)"
+        + " (the imagetag package carries them in imagetag/schemas; or pass a directory)"
     )
+
+
+@lru_cache(maxsize=1)
+def _packaged() -> Traversable:
+    return files("imagetag").joinpath("schemas")
 
 
 def load_schema(name: str, directory: str | Path | None = None) -> Schema:
@@ -72,11 +78,10 @@ def load_schema(name: str, directory: str | Path | None = None) -> Schema:
 
     Raises ConfigError when the file is missing or not valid JSON.
     """
-    path = schemas_dir(directory) / f"{name}.avsc"
-    return _load_json(path)
+    return _load_json(schemas_dir(directory).joinpath(f"{name}.avsc"))
 
 
-def _load_json(path: Path) -> Schema:
+def _load_json(path: Traversable) -> Schema:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -127,11 +132,30 @@ def _full_name(schema: Schema) -> str:
     return name if "." in name or not namespace else f"{namespace}.{name}"
 
 
-@lru_cache(maxsize=8)
-def _known_schemas_cached(directory: Path) -> tuple[tuple[bytes, str, Schema], ...]:
+def _avsc_files(directory: Traversable) -> list[Traversable]:
+    if not directory.is_dir():
+        return []
+    return sorted(
+        (p for p in directory.iterdir() if p.name.endswith(".avsc")), key=lambda p: p.name
+    )
+
+
+KnownSchemas = tuple[tuple[bytes, str, Schema], ...]
+_KNOWN: dict[str, KnownSchemas] = {}
+
+
+def _known_schemas_cached(directory: Traversable) -> KnownSchemas:
+    """Every schema of a folder, read once per process (keyed by the folder's name: a folder
+    inside a zip is a new object on every lookup)."""
+    key = str(directory)
+    if key not in _KNOWN:
+        _KNOWN[key] = _read_known_schemas(directory)
+    return _KNOWN[key]
+
+
+def _read_known_schemas(directory: Traversable) -> KnownSchemas:
     found: list[tuple[bytes, str, Schema]] = []
-    files = sorted(directory.glob("*.avsc")) + sorted((directory / "history").glob("*.avsc"))
-    for path in files:
+    for path in _avsc_files(directory) + _avsc_files(directory.joinpath("history")):
         schema = _load_json(path)
         found.append((fingerprint(schema), _full_name(schema), schema))
     return tuple(found)
@@ -196,7 +220,7 @@ class AvroDeserializer:
         self.fingerprint = fingerprint(raw)
         self._writers: dict[bytes, Schema] = {self.fingerprint: self.reader_schema}
         try:
-            found: Path | None = schemas_dir(directory)
+            found: Traversable | None = schemas_dir(directory)
         except ConfigError:
             if isinstance(schema, str):
                 raise

@@ -5,7 +5,7 @@ The top of the project: nothing imports it. Each sub-command lives in its own mo
 it owns the command's parser, turns the parsed arguments into its job's typed options, runs the
 job and prints the job's typed summary. The table below is the only place that lists them, and a module is imported only
 when its command runs (so ``imagetag stack up`` imports neither Spark nor the jobs).
-``spark-submit submit.py COMMAND ...`` runs this same ``main``.
+``imagetag submit COMMAND ...`` runs this same ``main`` through ``spark-submit`` (``imagetag.cluster``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "retrain": "retrain on the labelled corpus, promote if better, re-tag (once or --every)",
     "reindex": "rebuild the Solr index into a new collection, then switch the alias (blue/green)",
     "dlq": "replay dead letters: send their original bytes back to the input topic",
+    "submit": "run a Spark job (stream, backfill, train, ...) through spark-submit on spark.master",
 }
 
 

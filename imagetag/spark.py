@@ -30,24 +30,40 @@ def connector_jars(settings: Settings) -> list[Path]:
     return jars
 
 
+def submitted() -> bool:
+    """True in a driver that ``spark-submit`` launched: its JVM is already running, with the
+    master, jars and memory spark-submit was given (pyspark connects to it through
+    ``PYSPARK_GATEWAY_PORT``, the variable pyspark's own ``launch_gateway`` checks)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def spark_session(settings: Settings, app_name: str = "imagetag") -> SparkSession:
     """Return a SparkSession configured from ``settings.spark`` with the Kafka connector jars.
 
-    Python workers use the interpreter running this code, so the venv's OpenCV and numpy are
-    what the executors import in local mode.
+    In-process (``imagetag stream``): the master, memory and jars come from here, and Python
+    workers use the interpreter running this code, so the venv's OpenCV and numpy are what the
+    executors import. Under ``spark-submit`` (``imagetag submit``): those were decided on its
+    command line (``imagetag.cluster``) and are left alone; the rest applies the same.
     """
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     spark_conf = settings.spark
+    builder = SparkSession.builder.appName(app_name)
+    if not submitted():
+        builder = (
+            builder.master(spark_conf.master)
+            .config("spark.jars", ",".join(str(j.resolve()) for j in connector_jars(settings)))
+            .config("spark.driver.memory", spark_conf.driver_memory)
+            .config("spark.executor.memory", spark_conf.executor_memory)
+        )
+        if spark_conf.master.startswith("spark://127.0.0.1:"):  # the stack's own cluster
+            builder = builder.config("spark.driver.host", "127.0.0.1").config(
+                "spark.driver.bindAddress", "127.0.0.1"
+            )
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(spark_conf.master)
-        .config("spark.jars", ",".join(str(j.resolve()) for j in connector_jars(settings)))
-        .config("spark.driver.memory", spark_conf.driver_memory)
-        .config("spark.executor.memory", spark_conf.executor_memory)
-        .config("spark.sql.shuffle.partitions", str(spark_conf.shuffle_partitions))
+        builder.config("spark.sql.shuffle.partitions", str(spark_conf.shuffle_partitions))
         .config("spark.ui.enabled", str(spark_conf.ui_enabled).lower())
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

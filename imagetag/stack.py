@@ -1,7 +1,9 @@
-"""The embedded local stack: a real Kafka 4 broker (KRaft) and a real SolrCloud 9 node.
+"""The embedded local stack: a real Kafka 4 broker (KRaft), a real SolrCloud 9 node and, when
+``spark.master`` names a standalone master on loopback (``spark://127.0.0.1:7077``), a real
+Spark standalone cluster (one master, one worker) from pyspark's own ``spark-class``.
 
-Both run from the jars ``make setup`` fetched from Maven Central into ``.jvm/`` (one folder, and
-so one classpath, per service), on loopback, with data under ``<stack.home>/`` and logs under
+Kafka and Solr run from the jars ``make setup`` fetched from Maven Central into ``.jvm/`` (one
+folder, and so one classpath, per service), Spark from the pyspark wheel's ``jars/``, on loopback, with data under ``<stack.home>/`` and logs under
 ``<stack.home>/logs/``. Their ports come from the addresses in the settings
 (``kafka.bootstrap_servers``, ``solr.url``), so the code that talks to the services and the code
 that starts them can never disagree.
@@ -23,8 +25,10 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -51,9 +55,9 @@ class ServiceStatus:
 
     def line(self) -> str:
         if not self.running:
-            return f"{self.name:<6} stopped  {self.address}  (log: {self.log})"
+            return f"{self.name:<12} stopped  {self.address}  (log: {self.log})"
         rss = f"  rss={self.rss_mb:.0f}MB" if self.rss_mb is not None else ""
-        return f"{self.name:<6} {self.version or '?':<8} {self.address}  pid={self.pid}{rss}"
+        return f"{self.name:<12} {self.version or '?':<8} {self.address}  pid={self.pid}{rss}"
 
 
 class _Service:
@@ -90,6 +94,10 @@ class _Service:
 
     def version(self) -> str | None:
         raise NotImplementedError
+
+    def environment(self) -> dict[str, str] | None:
+        """The process environment (None: this one's)."""
+        return None
 
     # -- shared mechanics --------------------------------------------------------------------
     def marker(self) -> str:
@@ -153,6 +161,7 @@ class _Service:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.dir,
+                env=self.environment(),
                 start_new_session=True,  # survives this CLI; down() signals the whole group
             )
         self.pid_file.write_text(f"{process.pid}\n")
@@ -359,8 +368,116 @@ class SolrService(_Service):
         return str(lucene.get("solr-spec-version")) if isinstance(lucene, dict) else None
 
 
+class SparkMasterService(_Service):
+    """A Spark standalone master (``spark-class org.apache.spark.deploy.master.Master``) on the
+    address ``spark.master`` names; its web UI (and the JSON status read here) on port + 1000."""
+
+    name = "spark-master"
+    main = "org.apache.spark.deploy.master.Master"
+
+    def __init__(self, settings: Settings, home: Path) -> None:
+        super().__init__(settings, home)
+        self.host, self.master_port = standalone_master(settings) or ("", 0)
+        self.port = self.master_port
+        self.ui_port = self.master_port + 1000
+        self.jars = spark_home() / "jars"
+        self.log_file = self.out_file  # Spark's daemons log to the console: the .out file
+
+    def prepare(self) -> None:
+        if _port_open(self.host, self.ui_port):
+            raise self.fail(f"web UI port {self.ui_port} already in use by another process")
+
+    def environment(self) -> dict[str, str]:
+        """pyspark's own Spark home, loopback only (``SPARK_LOCAL_IP``: without it a worker
+        registers under the machine's other address), our marker in the daemon's JVM flags."""
+        return {
+            **os.environ,
+            "SPARK_HOME": str(spark_home()),
+            "SPARK_LOCAL_IP": self.host,
+            "SPARK_DAEMON_MEMORY": self.settings.stack.spark_daemon_heap,
+            "SPARK_DAEMON_JAVA_OPTS": self.marker(),
+            "SPARK_NO_DAEMONIZE": "1",
+        }
+
+    def command(self) -> list[str]:
+        return [
+            str(spark_home() / "bin" / "spark-class"),
+            self.main,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+        ]
+
+    def cluster_state(self) -> dict[str, Any] | None:
+        """The master's ``/json/`` status (workers, applications), or None when it does not
+        answer."""
+        try:
+            response = requests.get(
+                f"http://{self.host}:{self.master_port + 1000}/json/", timeout=3
+            )
+        except requests.RequestException:
+            return None
+        if response.status_code != 200:
+            return None
+        state: dict[str, Any] = response.json()
+        return state
+
+    def ready(self) -> bool:
+        state = self.cluster_state()
+        return state is not None and state.get("status") == "ALIVE"
+
+    def version(self) -> str | None:
+        return pyspark_version()
+
+
+class SparkWorkerService(SparkMasterService):
+    """One standalone worker offering ``stack.spark_worker_cores`` cores and
+    ``stack.spark_worker_memory`` to the master's applications (port = master's + 1, web UI
+    = master's + 1001); ready once the master lists it ALIVE."""
+
+    name = "spark-worker"
+    main = "org.apache.spark.deploy.worker.Worker"
+
+    def __init__(self, settings: Settings, home: Path) -> None:
+        super().__init__(settings, home)
+        self.port = self.master_port + 1
+        self.ui_port = self.master_port + 1001
+
+    def command(self) -> list[str]:
+        stack = self.settings.stack
+        return [
+            str(spark_home() / "bin" / "spark-class"),
+            self.main,
+            f"spark://{self.host}:{self.master_port}",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+            "--cores",
+            str(stack.spark_worker_cores),
+            "--memory",
+            stack.spark_worker_memory,
+            "--work-dir",
+            str(self.dir / "work"),
+        ]
+
+    def ready(self) -> bool:
+        state = self.cluster_state()
+        workers = state.get("workers", []) if state else []
+        return any(
+            w.get("state") == "ALIVE" and w.get("host") == self.host and w.get("port") == self.port
+            for w in workers
+        )
+
+
 class LocalStack:
-    """The Kafka and Solr processes under one stack home."""
+    """The Kafka and Solr processes under one stack home, and the Spark standalone master and
+    worker when ``spark.master`` is a ``spark://`` address on loopback."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -369,6 +486,11 @@ class LocalStack:
             KafkaService(settings, self.home),
             SolrService(settings, self.home),
         ]
+        if standalone_master(settings) is not None:
+            self.services += [
+                SparkMasterService(settings, self.home),
+                SparkWorkerService(settings, self.home),
+            ]
 
     def up(self) -> list[ServiceStatus]:
         """Start what is not running and wait until every service answers.
@@ -383,12 +505,43 @@ class LocalStack:
             service.wait_ready(pid, deadline)
         return self.status()
 
-    def down(self) -> list[str]:
-        """Stop the processes this stack started; return the names of those stopped."""
-        return [service.name for service in reversed(self.services) if service.stop()]
+    def down(self, names: Iterable[str] | None = None) -> list[str]:
+        """Stop the processes this stack started (only those ``names`` when given); return the
+        names of those stopped."""
+        wanted = None if names is None else set(names)
+        return [
+            service.name
+            for service in reversed(self.services)
+            if (wanted is None or service.name in wanted) and service.stop()
+        ]
 
     def status(self) -> list[ServiceStatus]:
         return [service.status() for service in self.services]
+
+
+def standalone_master(settings: Settings) -> tuple[str, int] | None:
+    """(host, port) of a ``spark://host:port`` master on loopback (one the stack can start),
+    else None (``local[N]``, or a real cluster's master)."""
+    master = settings.spark.master
+    if not master.startswith("spark://"):
+        return None
+    host, _, port = master.removeprefix("spark://").partition(":")
+    if host not in LOOPBACK or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+def spark_home() -> Path:
+    """The Spark distribution inside the pyspark wheel (``bin/``, ``jars/``)."""
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def pyspark_version() -> str:
+    import pyspark
+
+    return str(pyspark.__version__)
 
 
 def _java() -> str:

@@ -16,7 +16,7 @@ wait) is restarted from its checkpoint with capped backoff, so an outage stalls 
 it resumes by itself. SIGTERM stops the queries between micro-batches, and the process within
 ``spark.stop_timeout_seconds`` whatever it is waiting for (an unfinished batch is re-run).
 
-``imagetag stream`` runs it (``spark-submit submit.py stream`` on a cluster).
+``imagetag stream`` runs it (``imagetag submit stream`` on a cluster: ``imagetag.cluster``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Backfill: tag a historical corpus with Spark, through the stream's own code path.
 
     imagetag backfill SOURCE [--since DATE] [--retag older|review|all] [...]
-    spark-submit --py-files deps.zip submit.py backfill SOURCE [...]
+    imagetag submit backfill SOURCE [...]        # through spark-submit, on spark.master
 
 ``run(settings, BackfillOptions(...))`` is the job (``imagetag.commands.backfill`` turns the
 command line into the options); ``run_backfill`` runs it in a Spark session the caller owns.

@@ -2,7 +2,7 @@
 
 The parser lives here and turns the arguments into the job's ``BackfillOptions``; the job
 (``batch.backfill.run``) returns a ``BackfillSummary``, printed here.
-``spark-submit submit.py backfill ...`` runs this same command.
+``imagetag submit backfill ...`` runs this same command through ``spark-submit``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The parser lives here and turns the arguments into the job's ``ReindexOptions``; the job
 (``batch.reindex.run``) returns a ``ReindexResult``, printed here.
-``spark-submit submit.py reindex ...`` runs this same command.
+``imagetag submit reindex ...`` runs this same command through ``spark-submit``.
 """
 
 from __future__ import annotations

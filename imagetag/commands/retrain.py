@@ -3,7 +3,7 @@ beats CURRENT on the held-out split, then re-tag (see batch/retrain.py).
 
 The parser lives here and turns the arguments into the job's ``RetrainOptions``; the job
 (``batch.retrain.run``) hands back each run's ``RetrainResult``, printed here as it comes.
-``spark-submit submit.py retrain ...`` runs this same command.
+``imagetag submit retrain ...`` runs this same command through ``spark-submit``.
 """
 
 from __future__ import annotations

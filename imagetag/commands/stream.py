@@ -1,6 +1,6 @@
 """``imagetag stream``: run the streaming tagging job until SIGTERM (see streaming/job.py).
 
-``spark-submit submit.py stream`` runs this same command.
+``imagetag submit stream`` runs this same command through ``spark-submit``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The parser lives here and turns the arguments into the job's ``TrainOptions``; the job
 (``batch.train.train``) returns a ``TrainResult`` whose manifest ``--json`` prints.
-``spark-submit submit.py train ...`` runs this same command.
+``imagetag submit train ...`` runs this same command through ``spark-submit``.
 """
 
 from __future__ import annotations

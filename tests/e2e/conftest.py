@@ -61,20 +61,26 @@ def sha256(data: bytes) -> str:
 
 
 class StreamProcess:
-    """`imagetag stream` as a child process with the given settings."""
+    """`imagetag stream` (or another command running the stream, e.g. `imagetag submit
+    stream`) as a child process with the given settings."""
 
     def __init__(
-        self, settings: Settings, log_path: Path, env: dict[str, str] | None = None
+        self,
+        settings: Settings,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        command: tuple[str, ...] = ("stream",),
     ) -> None:
         self.settings = settings
         self.log_path = log_path
         self.env = env or {}
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> StreamProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the child)
         self.process = subprocess.Popen(
-            [IMAGETAG, "stream"],
+            [IMAGETAG, *self.command],
             env=settings_env(self.settings) | self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -107,8 +113,12 @@ class StreamProcess:
 def stream_factory(tmp_path: Path) -> Iterator[Callable[..., StreamProcess]]:
     started: list[StreamProcess] = []
 
-    def make(settings: Settings, env: dict[str, str] | None = None) -> StreamProcess:
-        stream = StreamProcess(settings, tmp_path / f"stream-{len(started)}.log", env)
+    def make(
+        settings: Settings,
+        env: dict[str, str] | None = None,
+        command: tuple[str, ...] = ("stream",),
+    ) -> StreamProcess:
+        stream = StreamProcess(settings, tmp_path / f"stream-{len(started)}.log", env, command)
         started.append(stream)
         return stream
 

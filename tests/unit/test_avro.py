@@ -235,7 +235,7 @@ def test_evolution_old_reader_reads_new_writer() -> None:
 
 def test_history_folder_provides_older_writers(tmp_path: Path) -> None:
     """Schemas kept in schemas/history/ are known writers without registering anything."""
-    shutil.copytree(schemas_dir(), tmp_path / "schemas")
+    shutil.copytree(str(schemas_dir()), tmp_path / "schemas")
     v2 = _image_event_v2()
     # pretend v2 is current: v1 moves to history, v2 replaces ImageEvent.avsc
     v1_fp = fingerprint_hex(load_schema("ImageEvent"))
@@ -326,7 +326,7 @@ def test_serde_pickles_for_spark() -> None:
 
 
 def test_schemas_dir_is_the_repo_folder_and_errors_clearly(tmp_path: Path) -> None:
-    assert schemas_dir() == Path(__file__).resolve().parents[2] / "schemas"
+    assert schemas_dir() == Path(__file__).resolve().parents[2] / "imagetag" / "schemas"
     with pytest.raises(ConfigError, match="Avro schemas not found"):
         schemas_dir(tmp_path)
     with pytest.raises(ConfigError, match="not found"):

@@ -81,3 +81,14 @@ def test_compose_file_is_valid() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_runs_spark_and_the_stream_from_the_one_project_image(compose: dict) -> None:
+    """Executors need the driver's Python (OpenCV, pandas, pyarrow): a stock Spark image has
+    none of them, so the master, the worker and the stream all run the project's image."""
+    services = compose["services"]
+    for name in ("spark-master", "spark-worker", "stream"):
+        assert services[name]["image"] == "imagetag:latest", name
+        assert services[name]["build"] == ".", name
+    assert "imagetag submit" in " ".join(services["stream"]["command"])
+    assert "spark.driver.host" in services["stream"]["environment"]["IMAGETAG_SPARK__CONF"]
