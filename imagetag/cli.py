@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # py4j logs every gateway command and connection at INFO
+        logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
         settings = Settings.load(args.config)
         module = importlib.import_module(args._module)

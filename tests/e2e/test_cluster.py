@@ -80,7 +80,9 @@ def test_stream_and_backfill_run_on_a_standalone_cluster(
         settings, *submit, "backfill", str(tiny), "--json", "--no-archive", timeout_s=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # spark-submit's PythonRunner merges the driver's stderr into its stdout: the summary is
+    # the JSON line among the log lines.
+    summary = json.loads([x for x in result.stdout.splitlines() if x.startswith("{")][-1])
     assert summary["images"] == 120
     assert summary["tagged"] + summary["review"] + summary["dead"] == 120
     expected = before + summary["tagged"]
