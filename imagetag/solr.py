@@ -23,6 +23,7 @@ from typing import Any
 
 import pysolr
 
+from imagetag.errors import ServiceError
 from imagetag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,20 @@ class WriteResult:
 
 
 _STATUS = re.compile(r"\(HTTP (\d{3})\)")
+
+
+def refusal(settings: Settings, status: int, operation: str) -> str | None:
+    """The one line for an authentication (401) or authorization (403) refusal, naming the
+    user and the operation; None for any other status. Not worth retrying: a password or a
+    permission does not fix itself."""
+    user = settings.solr.username or "anonymous"
+    if status == 401:
+        return (
+            f"user {user!r} is not authenticated for {operation} (HTTP 401: wrong or no password)"
+        )
+    if status == 403:
+        return f"user {user!r} may not {operation} (HTTP 403: no permission)"
+    return None
 
 
 def _is_transient(error: pysolr.SolrError) -> bool:
@@ -127,6 +142,10 @@ class SolrWriter:
                 self.client.add(batch, commitWithin=self.commit_within)
                 return
             except pysolr.SolrError as exc:
+                status = _STATUS.search(str(exc))
+                denied = refusal(self.settings, int(status.group(1)), "update") if status else None
+                if denied is not None:
+                    raise ServiceError("solr", self.settings.solr.url, denied) from exc
                 if not _is_transient(exc):
                     raise
                 waited = time.monotonic() - started

@@ -19,6 +19,7 @@ import requests
 
 from imagetag.errors import ServiceError
 from imagetag.settings import Settings
+from imagetag.solr import refusal
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class SolrAdmin:
             body: dict[str, Any] = response.json()
         except ValueError:
             body = {}
+        denied = refusal(self.settings, response.status_code, f"{method} {path}")
+        if denied is not None:
+            raise ServiceError("solr", self.base_url, denied)
         if response.status_code >= 400 or body.get("error"):
             message = body.get("error", {}).get("msg") or response.text[:300]
             raise ServiceError("solr", self.base_url, f"{path} failed: {message}")

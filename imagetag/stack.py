@@ -349,7 +349,10 @@ class SolrService(_Service):
     def system_info(self) -> dict[str, object] | None:
         try:
             response = requests.get(
-                f"{self.base_url}/admin/info/system", params={"wt": "json"}, timeout=3
+                f"{self.base_url}/admin/info/system",
+                params={"wt": "json"},
+                auth=self.admin_auth(),
+                timeout=3,
             )
         except requests.RequestException:
             return None
@@ -357,6 +360,21 @@ class SolrService(_Service):
             return None
         info: dict[str, object] = response.json()
         return info
+
+    def admin_auth(self) -> tuple[str, str] | None:
+        """The stack's own probes run as Solr's admin when the stack is secured."""
+        if not self.settings.stack.secure:
+            return None
+        from imagetag.secure_stack import StackCredentials
+
+        return StackCredentials.load_or_create(self.home).solr_user("admin")
+
+    def secure(self) -> None:
+        """Turn on (or check) authentication and authorization (``imagetag.secure_stack``)."""
+        from imagetag.secure_stack import StackCredentials, ensure_solr_security
+
+        credentials = StackCredentials.load_or_create(self.home)
+        ensure_solr_security(f"{self.host}:{self.port + 1000}", self.base_url, credentials)
 
     def ready(self) -> bool:
         info = self.system_info()
@@ -503,6 +521,8 @@ class LocalStack:
         deadline = time.monotonic() + self.settings.stack.start_timeout_s
         for service, pid in started:
             service.wait_ready(pid, deadline)
+            if self.settings.stack.secure and isinstance(service, SolrService):
+                service.secure()
         return self.status()
 
     def down(self, names: Iterable[str] | None = None) -> list[str]:

@@ -1,8 +1,11 @@
-"""``imagetag stack up | down | status``: the embedded local Kafka + Solr."""
+"""``imagetag stack up | down | status``: the embedded local Kafka + Solr (and the Spark
+standalone cluster when ``spark.master`` is on loopback). ``imagetag stack credentials
+COMPONENT`` prints the settings a component of the secured stack runs with."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 
 from imagetag.settings import Settings
@@ -10,11 +13,18 @@ from imagetag.stack import LocalStack
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "credentials"])
+    parser.add_argument(
+        "component",
+        nargs="?",
+        help="with credentials: admin, stream, backfill or search (the Solr user it runs as)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     stack = LocalStack(settings)
+    if args.action == "credentials":
+        return _print_credentials(settings, args.component)
     if args.action == "up":
         started = time.monotonic()
         statuses = stack.up()
@@ -30,3 +40,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for status in statuses:
         print(status.line())
     return 0 if all(s.running for s in statuses) else 1
+
+
+def _print_credentials(settings: Settings, component: str | None) -> int:
+    """``export IMAGETAG_SOLR__USERNAME=... IMAGETAG_SOLR__PASSWORD=...`` for ``eval``: the
+    least-privileged Solr user of ``component``. Printed only on this explicit request."""
+    from imagetag.errors import ConfigError
+    from imagetag.secure_stack import SOLR_USER_OF, StackCredentials
+
+    if not settings.stack.secure:
+        raise ConfigError("the stack is not secured (stack.secure is off): no credentials")
+    if component not in SOLR_USER_OF:
+        raise ConfigError(f"credentials for one of {', '.join(SOLR_USER_OF)}, not {component!r}")
+    user, password = StackCredentials.load_or_create(settings.stack.home.resolve()).solr_user(
+        component
+    )
+    print(f"export IMAGETAG_SOLR__USERNAME={shlex.quote(user)}")
+    print(f"export IMAGETAG_SOLR__PASSWORD={shlex.quote(password)}")
+    return 0
