@@ -51,9 +51,14 @@ def topic_layout(settings: Settings, name: str) -> tuple[int, dict[str, str]]:
 
 
 def ensure_topics(
-    settings: Settings, names: list[str] | None = None, timeout_s: float = 30.0
+    settings: Settings,
+    names: list[str] | None = None,
+    timeout_s: float = 30.0,
+    configure_existing: bool = True,
 ) -> dict[str, bool]:
-    """Create the topics that do not exist; make sure existing ones accept large messages.
+    """Create the topics that do not exist; make sure existing ones accept large messages
+    (unless ``configure_existing`` is False: a job that only needs a topic to exist asks no
+    more than to see it, so its Kafka user needs no right to alter topic configs).
 
     Returns {topic: created?}. Raises ServiceError when the brokers cannot be reached.
     """
@@ -83,9 +88,11 @@ def ensure_topics(
                 created[name] = True
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                    raise ServiceError("kafka", address, f"cannot create {name}: {exc}") from exc
+                    raise ServiceError(
+                        "kafka", address, _failed(settings, f"create topic {name}", exc)
+                    ) from exc
     present = [name for name in names if not created[name]]
-    if present:
+    if present and configure_existing:
         resources = [
             ConfigResource(
                 ConfigResource.Type.TOPIC,
@@ -105,9 +112,19 @@ def ensure_topics(
                 future.result()
             except KafkaException as exc:
                 raise ServiceError(
-                    "kafka", address, f"cannot configure {resource.name}: {exc}"
+                    "kafka", address, _failed(settings, f"configure topic {resource.name}", exc)
                 ) from exc
     return created
+
+
+def _failed(settings: Settings, operation: str, exc: KafkaException) -> str:
+    """One line for a failed admin operation; an authorization failure names the user."""
+    error = exc.args[0] if exc.args else None
+    name = error.name() if error is not None and hasattr(error, "name") else ""
+    if "AUTHORIZATION_FAILED" in name:
+        user = settings.kafka.client_config().get("sasl.username", "anonymous")
+        return f"user {user!r} may not {operation} ({name})"
+    return f"cannot {operation}: {exc}"
 
 
 def delete_topics(settings: Settings, names: list[str], timeout_s: float = 30.0) -> None:

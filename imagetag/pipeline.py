@@ -307,7 +307,8 @@ class CurrentModel:
 
 
 def kafka_options(settings: Settings) -> dict[str, str]:
-    return {f"kafka.{k}": v for k, v in settings.kafka.client_config().items()}
+    """Spark's Kafka source / sink options: the Java client's configuration, ``kafka.``-prefixed."""
+    return {f"kafka.{k}": v for k, v in settings.kafka.java_client_config().items()}
 
 
 def solr_partition(

@@ -1,9 +1,15 @@
-"""The secured local stack (``stack.secure``): its users, their passwords, and Solr's security.
+"""The secured local stack (``stack.secure``): its users, their passwords, Solr's security.json
+and Kafka's SASL/SCRAM users and ACLs.
 
 Off by default, so ``make demo`` and ``make test`` run as before. With ``stack.secure`` on,
-``imagetag stack up`` turns on in Solr ``BasicAuthPlugin`` and ``RuleBasedAuthorizationPlugin``
-(``security.json`` at the root of ZooKeeper, the way Solr's own ``bin/solr auth enable`` does it)
-with three users:
+``imagetag stack up`` turns on
+
+- in Kafka: a ``SASL_PLAINTEXT`` listener on loopback with ``SCRAM-SHA-512`` (the users written
+  at storage-format time, KIP-900), the controller listener with ``PLAIN``, the KRaft
+  ``StandardAuthorizer`` with ``allow.everyone.if.no.acl.found=false`` and ``admin`` as the
+  only super user; ACLs for the others (:func:`kafka_acls`);
+- in Solr: ``BasicAuthPlugin`` and ``RuleBasedAuthorizationPlugin`` (``security.json`` at the
+  root of ZooKeeper, the way Solr's own ``bin/solr auth enable`` does it) with three users:
 
 =========  =============================================  ==========================
 user       may                                            used by
@@ -12,6 +18,10 @@ admin      everything (collections, aliases, configsets)  init, reindex
 indexer    read and update                                stream, backfill, retrain
 searcher   read                                           search
 =========  =============================================  ==========================
+
+Kafka users: ``admin`` (super user: topics), ``stream`` (reads ``images``, writes review,
+dead letters and the ledger in transactions), ``producer`` (writes ``images``), ``tools``
+(backfill, retrain, dlq replay: reads every topic, writes like the stream, and ``images``).
 
 The passwords are generated once per stack home into ``<stack.home>/credentials.json``
 (mode 0600) and are never logged. ``imagetag stack credentials ROLE`` prints the settings a
@@ -32,21 +42,27 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imagetag.settings import Settings
 
 SOLR_ROLES: dict[str, list[str]] = {
     "admin": ["admin"],
     "indexer": ["indexer"],
     "searcher": ["searcher"],
 }
-# Component -> the Solr user it runs as (least privilege).
-SOLR_USER_OF: dict[str, str] = {
-    "admin": "admin",
-    "stream": "indexer",
-    "backfill": "indexer",
-    "search": "searcher",
+KAFKA_USERS = ("admin", "stream", "producer", "tools")
+# Component -> (the Solr user, the Kafka user) it runs as (least privilege; None: not used).
+COMPONENTS: dict[str, tuple[str | None, str | None]] = {
+    "admin": ("admin", "admin"),  # init, reindex
+    "stream": ("indexer", "stream"),
+    "backfill": ("indexer", "tools"),  # also retrain and dlq replay
+    "search": ("searcher", None),
+    "produce": (None, "producer"),
 }
 CREDENTIALS_FILE = "credentials.json"
+MECHANISM = "SCRAM-SHA-512"
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,7 @@ class StackCredentials:
     """The generated passwords of the secured stack's users, by service and user."""
 
     solr: dict[str, str]
+    kafka: dict[str, str]
 
     @classmethod
     def load_or_create(cls, home: Path) -> StackCredentials:
@@ -62,21 +79,127 @@ class StackCredentials:
         path = home / CREDENTIALS_FILE
         if path.exists():
             data = json.loads(path.read_text())
-            return cls(solr=dict(data["solr"]))
-        created = cls(solr={user: secrets.token_urlsafe(24) for user in SOLR_ROLES})
+            return cls(solr=dict(data["solr"]), kafka=dict(data["kafka"]))
+        created = cls(
+            solr={user: secrets.token_urlsafe(24) for user in SOLR_ROLES},
+            kafka={user: secrets.token_urlsafe(24) for user in KAFKA_USERS},
+        )
         home.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump({"solr": created.solr}, out, indent=2)
+            json.dump({"solr": created.solr, "kafka": created.kafka}, out, indent=2)
         return created
 
     def solr_user(self, component: str) -> tuple[str, str]:
         """(user, password) the component authenticates to Solr with."""
-        user = SOLR_USER_OF[component]
+        user = COMPONENTS[component][0]
+        if user is None:
+            raise KeyError(f"{component} does not use Solr")
         return user, self.solr[user]
 
+    def kafka_user(self, component: str) -> tuple[str, str]:
+        """(user, password) the component authenticates to Kafka with."""
+        user = COMPONENTS[component][1]
+        if user is None:
+            raise KeyError(f"{component} does not use Kafka")
+        return user, self.kafka[user]
+
     def __repr__(self) -> str:
-        return f"StackCredentials(solr users={sorted(self.solr)})"
+        return f"StackCredentials(solr users={sorted(self.solr)}, kafka users={sorted(self.kafka)})"
+
+
+def kafka_client_options(user: str, password: str) -> dict[str, str]:
+    """The librdkafka options of a SCRAM client (``kafka.client`` in the settings)."""
+    return {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": MECHANISM,
+        "sasl.username": user,
+        "sasl.password": password,
+    }
+
+
+def kafka_scram_arguments(credentials: StackCredentials) -> list[str]:
+    """``kafka-storage format`` arguments that create every SCRAM user (KIP-900)."""
+    arguments: list[str] = []
+    for user, password in credentials.kafka.items():
+        arguments += ["--add-scram", f"{MECHANISM}=[name={user},password={password}]"]
+    return arguments
+
+
+def kafka_security_properties(credentials: StackCredentials) -> list[str]:
+    """The broker properties of the secured listeners (see the module docstring)."""
+    password = credentials.kafka["admin"]
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    return [
+        f"sasl.enabled.mechanisms={MECHANISM}",
+        f"sasl.mechanism.inter.broker.protocol={MECHANISM}",
+        f'listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram} required username="admin" password="{password}";',
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        f'listener.name.controller.plain.sasl.jaas.config={plain} required username="admin" password="{password}" user_admin="{password}";',
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users=User:admin",
+        "allow.everyone.if.no.acl.found=false",
+    ]
+
+
+def kafka_acls(settings: Settings) -> list[tuple[str, str, str, str, str]]:
+    """(user, resource type, pattern type, name, operation) of every ACL the secured stack
+    grants. Groups and transactional ids are granted by prefix: ``imagetag-`` for ours,
+    ``spark-kafka-`` for the consumer groups of Spark's Kafka source."""
+    kafka = settings.kafka
+    sinks = (kafka.topic_review, kafka.topic_dlq, kafka.topic_ledger)
+    acls: list[tuple[str, str, str, str, str]] = []
+
+    def topic(user: str, name: str, *operations: str) -> None:
+        acls.extend((user, "TOPIC", "LITERAL", name, op) for op in ("DESCRIBE", *operations))
+
+    def transactions_and_groups(user: str) -> None:
+        for prefix in ("imagetag-", "spark-kafka-"):
+            acls.append((user, "GROUP", "PREFIXED", prefix, "READ"))
+        acls.append((user, "TRANSACTIONAL_ID", "PREFIXED", "imagetag-", "WRITE"))
+        acls.append((user, "TRANSACTIONAL_ID", "PREFIXED", "imagetag-", "DESCRIBE"))
+        acls.append((user, "BROKER", "LITERAL", "kafka-cluster", "IDEMPOTENT_WRITE"))
+
+    topic("producer", kafka.topic_images, "WRITE")
+    acls.append(("producer", "BROKER", "LITERAL", "kafka-cluster", "IDEMPOTENT_WRITE"))
+    topic("stream", kafka.topic_images, "READ")
+    for name in sinks:
+        topic("stream", name, "READ", "WRITE")
+    transactions_and_groups("stream")
+    for name in (kafka.topic_images, *sinks):
+        topic("tools", name, "READ", "WRITE")
+    transactions_and_groups("tools")
+    return acls
+
+
+def apply_kafka_acls(admin_config: dict[str, str], settings: Settings) -> None:
+    """Create :func:`kafka_acls` as the broker's admin (creating an existing ACL is a no-op)."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    bindings = [
+        AclBinding(
+            ResourceType[resource],
+            name,
+            ResourcePatternType[pattern],
+            f"User:{user}",
+            "*",
+            AclOperation[operation],
+            AclPermissionType.ALLOW,
+        )
+        for user, resource, pattern, name, operation in kafka_acls(settings)
+    ]
+    admin = AdminClient({**admin_config, "log_level": 3})
+    for future in admin.create_acls(bindings, request_timeout=30).values():
+        future.result()
 
 
 def solr_password_hash(password: str, salt: bytes) -> str:

@@ -56,6 +56,25 @@ class KafkaSettings(_Section):
         config["bootstrap.servers"] = self.bootstrap_servers
         return config
 
+    def java_client_config(self) -> dict[str, str]:
+        """The same for a Java client (Spark's Kafka source and sink): librdkafka's
+        ``sasl.username`` / ``sasl.password`` become the ``sasl.jaas.config`` of the SCRAM or
+        PLAIN login module that ``sasl.mechanism`` names; every other option passes as it is."""
+        config = self.client_config()
+        username, password = config.pop("sasl.username", None), config.pop("sasl.password", None)
+        if username is not None and password is not None and "sasl.jaas.config" not in config:
+            mechanism = config.get("sasl.mechanism", "PLAIN").upper()
+            module = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule"
+                if mechanism.startswith("SCRAM-")
+                else "org.apache.kafka.common.security.plain.PlainLoginModule"
+            )
+            config["sasl.jaas.config"] = (
+                f'{module} required username="{_jaas_quote(username)}" '
+                f'password="{_jaas_quote(password)}";'
+            )
+        return config
+
 
 class SolrSettings(_Section):
     """Solr's address (HTTP base URL, or ZooKeeper hosts for SolrCloud) and the collection alias."""
@@ -257,6 +276,10 @@ class Settings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain data with secrets masked (for ``imagetag config``)."""
         return self.model_dump(mode="json")
+
+
+def _jaas_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _reveal(value: Any) -> Any:

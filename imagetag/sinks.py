@@ -213,7 +213,9 @@ class TransactionalSink:
         if self._producer is None:
             from confluent_kafka import KafkaException, Producer
 
-            ensure_topics(self.settings, [self.settings.kafka.topic_ledger])
+            ensure_topics(
+                self.settings, [self.settings.kafka.topic_ledger], configure_existing=False
+            )
             config = self.settings.kafka.client_config() | {
                 "transactional.id": self.transactional_id,
                 "enable.idempotence": True,

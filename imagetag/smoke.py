@@ -19,7 +19,7 @@ def spark_kafka_round_trip(
     run, in key order. The topic must exist."""
     run = uuid.uuid4().hex[:8]
     rows = [(f"{run}-{i:04d}", f"hello {i} from imagetag") for i in range(count)]
-    options = {f"kafka.{k}": v for k, v in settings.kafka.client_config().items()}
+    options = {f"kafka.{k}": v for k, v in settings.kafka.java_client_config().items()}
     (
         spark.createDataFrame(rows, "key string, value string")
         .write.format("kafka")

@@ -28,12 +28,15 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from imagetag.errors import ServiceError
 from imagetag.settings import Settings
+
+if TYPE_CHECKING:
+    from imagetag.secure_stack import StackCredentials
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +77,12 @@ class _Service:
         self.log_file = self.logs / f"{self.name}.log"
         self.out_file = self.logs / f"{self.name}.out"
         self.jars = settings.stack.jvm_dir.resolve() / self.name
+        self.host, self.port = self.endpoint(settings)
 
     # -- to be provided by each service ------------------------------------------------------
-    host: str
-    port: int
+    def endpoint(self, settings: Settings) -> tuple[str, int]:
+        """(host, port) the service listens on, from the addresses in the settings."""
+        raise NotImplementedError
 
     @property
     def address(self) -> str:
@@ -204,10 +209,11 @@ class KafkaService(_Service):
 
     def __init__(self, settings: Settings, home: Path) -> None:
         super().__init__(settings, home)
-        self.host = settings.kafka_host()
-        self.port = settings.kafka_port()
         self.controller_port = settings.stack.kafka_controller_port
         self.properties = self.dir / "server.properties"
+
+    def endpoint(self, settings: Settings) -> tuple[str, int]:
+        return settings.kafka_host(), settings.kafka_port()
 
     def _java(self, main: str, *args: str, heap: str = "256m") -> list[str]:
         return [
@@ -225,41 +231,56 @@ class KafkaService(_Service):
 
     def prepare(self) -> None:
         host = self.host
-        self.properties.write_text(
-            "\n".join(
-                [
-                    "# written by `imagetag stack up`; edit the settings, not this file",
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.bootstrap.servers={host}:{self.controller_port}",
-                    f"listeners=PLAINTEXT://{host}:{self.port},CONTROLLER://{host}:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{host}:{self.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    f"log.dirs={self.dir / 'data'}",
-                    "num.partitions=1",
-                    "offsets.topic.replication.factor=1",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    # Topics come from `imagetag init`, never from a typo in a client.
-                    "auto.create.topics.enable=false",
-                    # images are large messages; topics raise max.message.bytes themselves
-                    f"message.max.bytes={_message_limit(self.settings)}",
-                    f"replica.fetch.max.bytes={_message_limit(self.settings)}",
-                    "",
-                ]
-            )
-        )
+        if self.settings.stack.secure:
+            from imagetag.secure_stack import kafka_security_properties
+
+            protocol = "SASL_PLAINTEXT"
+            security = kafka_security_properties(self.credentials())
+        else:
+            protocol, security = "PLAINTEXT", []
+        lines = [
+            "# written by `imagetag stack up`; edit the settings, not this file",
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={host}:{self.controller_port}",
+            f"listeners={protocol}://{host}:{self.port},CONTROLLER://{host}:{self.controller_port}",
+            f"advertised.listeners={protocol}://{host}:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            f"inter.broker.listener.name={protocol}",
+            f"listener.security.protocol.map={protocol}:{protocol},CONTROLLER:{protocol}",
+            *security,
+            f"log.dirs={self.dir / 'data'}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # Topics come from `imagetag init`, never from a typo in a client.
+            "auto.create.topics.enable=false",
+            # images are large messages; topics raise max.message.bytes themselves
+            f"message.max.bytes={_message_limit(self.settings)}",
+            f"replica.fetch.max.bytes={_message_limit(self.settings)}",
+            "",
+        ]
+        self.properties.touch(mode=0o600)  # it holds the broker's own password when secured
+        self.properties.chmod(0o600)
+        self.properties.write_text("\n".join(lines))
         cluster_id_file = self.dir / "cluster.id"
         if not cluster_id_file.exists():
             # Kafka's own random-uuid is a base64url-encoded UUID; so is this.
             raw = uuid.uuid4().bytes
             cluster_id_file.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("=") + "\n")
         cluster_id = cluster_id_file.read_text().strip()
-        # -g (--ignore-formatted) makes a second format of existing storage harmless.
+        # -g (--ignore-formatted) makes a second format of existing storage harmless. A secured
+        # stack's SCRAM users are written at format time (KIP-900), so they exist before the
+        # broker's first start.
+        scram: list[str] = []
+        if self.settings.stack.secure:
+            from imagetag.secure_stack import kafka_scram_arguments
+
+            scram = kafka_scram_arguments(self.credentials())
         result = subprocess.run(
             self._java(
                 "kafka.tools.StorageTool",
@@ -270,6 +291,7 @@ class KafkaService(_Service):
                 str(self.properties),
                 "--standalone",
                 "-g",
+                *scram,
             ),
             capture_output=True,
             text=True,
@@ -281,12 +303,32 @@ class KafkaService(_Service):
     def command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self.properties), heap=self.settings.stack.kafka_heap)
 
+    def credentials(self) -> StackCredentials:
+        from imagetag.secure_stack import StackCredentials
+
+        return StackCredentials.load_or_create(self.home)
+
+    def admin_config(self) -> dict[str, str]:
+        """librdkafka settings of the stack's own probes: the broker's admin when secured."""
+        config = {"bootstrap.servers": self.address}
+        if self.settings.stack.secure:
+            from imagetag.secure_stack import kafka_client_options
+
+            config |= kafka_client_options(*self.credentials().kafka_user("admin"))
+        return config
+
+    def secure(self) -> None:
+        """The ACLs of the secured stack's users (``imagetag.secure_stack.kafka_acls``)."""
+        from imagetag.secure_stack import apply_kafka_acls
+
+        apply_kafka_acls(self.admin_config(), self.settings)
+
     def ready(self) -> bool:
         if not _port_open(self.host, self.port):
             return False
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.address, "log_level": 0})
+        admin = AdminClient({**self.admin_config(), "log_level": 0})
         try:
             metadata = admin.list_topics(timeout=3)
         except Exception:  # KafkaException while the broker finishes starting
@@ -308,10 +350,11 @@ class SolrService(_Service):
 
     def __init__(self, settings: Settings, home: Path) -> None:
         super().__init__(settings, home)
-        self.host = settings.solr_host()
-        self.port = settings.solr_port()
         self.solr_home = self.dir / "home"
         self.base_url = settings.solr.url.rstrip("/")
+
+    def endpoint(self, settings: Settings) -> tuple[str, int]:
+        return settings.solr_host(), settings.solr_port()
 
     def prepare(self) -> None:
         self.solr_home.mkdir(parents=True, exist_ok=True)
@@ -346,20 +389,10 @@ class SolrService(_Service):
             str(self.port),
         ]
 
-    def system_info(self) -> dict[str, object] | None:
-        try:
-            response = requests.get(
-                f"{self.base_url}/admin/info/system",
-                params={"wt": "json"},
-                auth=self.admin_auth(),
-                timeout=3,
-            )
-        except requests.RequestException:
-            return None
-        if response.status_code != 200:
-            return None
-        info: dict[str, object] = response.json()
-        return info
+    def system_info(self) -> dict[str, Any] | None:
+        return _get_json(
+            f"{self.base_url}/admin/info/system", {"wt": "json"}, auth=self.admin_auth()
+        )
 
     def admin_auth(self) -> tuple[str, str] | None:
         """The stack's own probes run as Solr's admin when the stack is secured."""
@@ -395,11 +428,13 @@ class SparkMasterService(_Service):
 
     def __init__(self, settings: Settings, home: Path) -> None:
         super().__init__(settings, home)
-        self.host, self.master_port = standalone_master(settings) or ("", 0)
-        self.port = self.master_port
-        self.ui_port = self.master_port + 1000
+        self.master_port = (standalone_master(settings) or ("", 0))[1]
+        self.ui_port = self.port + 1000
         self.jars = spark_home() / "jars"
         self.log_file = self.out_file  # Spark's daemons log to the console: the .out file
+
+    def endpoint(self, settings: Settings) -> tuple[str, int]:
+        return standalone_master(settings) or ("", 0)
 
     def prepare(self) -> None:
         if _port_open(self.host, self.ui_port):
@@ -418,30 +453,16 @@ class SparkMasterService(_Service):
         }
 
     def command(self) -> list[str]:
-        return [
-            str(spark_home() / "bin" / "spark-class"),
-            self.main,
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--webui-port",
-            str(self.ui_port),
-        ]
+        return [str(spark_home() / "bin" / "spark-class"), self.main, *self.arguments()]
+
+    def arguments(self) -> list[str]:
+        """The daemon's own arguments: where it listens (and, for a worker, what it offers)."""
+        return ["--host", self.host, "--port", str(self.port), "--webui-port", str(self.ui_port)]
 
     def cluster_state(self) -> dict[str, Any] | None:
         """The master's ``/json/`` status (workers, applications), or None when it does not
         answer."""
-        try:
-            response = requests.get(
-                f"http://{self.host}:{self.master_port + 1000}/json/", timeout=3
-            )
-        except requests.RequestException:
-            return None
-        if response.status_code != 200:
-            return None
-        state: dict[str, Any] = response.json()
-        return state
+        return _get_json(f"http://{self.host}:{self.master_port + 1000}/json/")
 
     def ready(self) -> bool:
         state = self.cluster_state()
@@ -461,21 +482,17 @@ class SparkWorkerService(SparkMasterService):
 
     def __init__(self, settings: Settings, home: Path) -> None:
         super().__init__(settings, home)
-        self.port = self.master_port + 1
         self.ui_port = self.master_port + 1001
 
-    def command(self) -> list[str]:
+    def endpoint(self, settings: Settings) -> tuple[str, int]:
+        host, master_port = standalone_master(settings) or ("", 0)
+        return host, master_port + 1
+
+    def arguments(self) -> list[str]:
         stack = self.settings.stack
         return [
-            str(spark_home() / "bin" / "spark-class"),
-            self.main,
             f"spark://{self.host}:{self.master_port}",
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--webui-port",
-            str(self.ui_port),
+            *super().arguments(),
             "--cores",
             str(stack.spark_worker_cores),
             "--memory",
@@ -521,7 +538,7 @@ class LocalStack:
         deadline = time.monotonic() + self.settings.stack.start_timeout_s
         for service, pid in started:
             service.wait_ready(pid, deadline)
-            if self.settings.stack.secure and isinstance(service, SolrService):
+            if self.settings.stack.secure and isinstance(service, SolrService | KafkaService):
                 service.secure()
         return self.status()
 
@@ -588,6 +605,20 @@ def min_heap(heap: str) -> str:
 def _message_limit(settings: Settings) -> int:
     """Largest Kafka message: the image limit plus room for the Avro envelope and metadata."""
     return settings.limits.max_bytes + 1024 * 1024
+
+
+def _get_json(
+    url: str, params: dict[str, str] | None = None, auth: tuple[str, str] | None = None
+) -> dict[str, Any] | None:
+    """A probe: the JSON ``url`` answers with HTTP 200, or None (not up, refused, an error)."""
+    try:
+        response = requests.get(url, params=params, auth=auth, timeout=3)
+    except requests.RequestException:
+        return None
+    if response.status_code != 200:
+        return None
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -145,15 +145,14 @@ def encode_shards(featurizer: Featurizer, limits: ImageLimits, dictionary: Any) 
     return run
 
 
-def _sparse(vector: np.ndarray) -> dict[str, Any]:
-    """An ML SparseVector in the struct form that Arrow hands to Spark's VectorUDT."""
+def _sparse(vector: np.ndarray) -> Any:
+    """An ML SparseVector: pyspark (4.2+) serialises the VectorUDT column of a mapInPandas
+    result through ``VectorUDT.serialize``, which takes Vector objects (no longer their struct
+    form)."""
+    from pyspark.ml.linalg import SparseVector
+
     nonzero = np.flatnonzero(vector)
-    return {
-        "type": 0,
-        "size": len(vector),
-        "indices": nonzero.astype(np.int32).tolist(),
-        "values": vector[nonzero].astype(np.float64).tolist(),
-    }
+    return SparseVector(len(vector), nonzero.astype(np.int32), vector[nonzero].astype(np.float64))
 
 
 def _dense(vectors: pd.Series, size: int) -> np.ndarray:

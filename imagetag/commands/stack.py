@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "component",
         nargs="?",
-        help="with credentials: admin, stream, backfill or search (the Solr user it runs as)",
+        help="with credentials: admin, stream, backfill, search or produce (the users it runs as)",
     )
 
 
@@ -43,18 +43,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_credentials(settings: Settings, component: str | None) -> int:
-    """``export IMAGETAG_SOLR__USERNAME=... IMAGETAG_SOLR__PASSWORD=...`` for ``eval``: the
-    least-privileged Solr user of ``component``. Printed only on this explicit request."""
+    """``export IMAGETAG_...`` lines for ``eval``: the least-privileged Solr and Kafka users of
+    ``component``. Printed only on this explicit request."""
+    import json
+
     from imagetag.errors import ConfigError
-    from imagetag.secure_stack import SOLR_USER_OF, StackCredentials
+    from imagetag.secure_stack import COMPONENTS, StackCredentials, kafka_client_options
 
     if not settings.stack.secure:
         raise ConfigError("the stack is not secured (stack.secure is off): no credentials")
-    if component not in SOLR_USER_OF:
-        raise ConfigError(f"credentials for one of {', '.join(SOLR_USER_OF)}, not {component!r}")
-    user, password = StackCredentials.load_or_create(settings.stack.home.resolve()).solr_user(
-        component
-    )
-    print(f"export IMAGETAG_SOLR__USERNAME={shlex.quote(user)}")
-    print(f"export IMAGETAG_SOLR__PASSWORD={shlex.quote(password)}")
+    if component not in COMPONENTS:
+        raise ConfigError(f"credentials for one of {', '.join(COMPONENTS)}, not {component!r}")
+    credentials = StackCredentials.load_or_create(settings.stack.home.resolve())
+    solr_user, kafka_user = COMPONENTS[component]
+    if solr_user is not None:
+        user, password = credentials.solr_user(component)
+        print(f"export IMAGETAG_SOLR__USERNAME={shlex.quote(user)}")
+        print(f"export IMAGETAG_SOLR__PASSWORD={shlex.quote(password)}")
+    if kafka_user is not None:
+        client = kafka_client_options(*credentials.kafka_user(component))
+        print(f"export IMAGETAG_KAFKA__CLIENT={shlex.quote(json.dumps(client))}")
     return 0

@@ -3,13 +3,15 @@
 - :func:`isolated_settings`: settings with their own topics and their own Solr collection
   behind their own alias, created as ``imagetag init`` creates them and removed afterwards;
 - :func:`solr_docs`, :func:`solr_ids`, :func:`solr_count`: what a collection holds;
-- :func:`topic_records`, :func:`topic_values`, :func:`review_ids`: what a topic holds.
+- :func:`topic_records`, :func:`topic_values`, :func:`review_ids`: what a topic holds;
+- :func:`secured_stack`, :func:`as_component`: a secured stack and its components' settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -58,6 +60,16 @@ def _collection_url(settings: Settings, collection: str | None) -> str:
     return f"{settings.solr.url}/{collection or settings.solr.collection}"
 
 
+def _auth(settings: Settings) -> tuple[str, str] | None:
+    """Basic auth of the settings' Solr user, when they name one."""
+    solr = settings.solr
+    return (
+        (solr.username, solr.password.get_secret_value())
+        if solr.username and solr.password
+        else None
+    )
+
+
 def solr_docs(
     settings: Settings, fl: str = "id,model_version", collection: str | None = None
 ) -> list[dict[str, Any]]:
@@ -65,7 +77,10 @@ def solr_docs(
     after a hard commit, paged with cursorMark in id order. Raises requests.HTTPError when
     the commit is refused."""
     url = _collection_url(settings, collection)
-    requests.get(f"{url}/update", params={"commit": "true"}, timeout=60).raise_for_status()
+    auth = _auth(settings)
+    requests.get(
+        f"{url}/update", params={"commit": "true"}, auth=auth, timeout=60
+    ).raise_for_status()
     docs: list[dict[str, Any]] = []
     cursor = "*"
     while True:
@@ -80,6 +95,7 @@ def solr_docs(
                 "facet": "false",
                 "wt": "json",
             },
+            auth=auth,
             timeout=60,
         ).json()
         docs.extend(body["response"]["docs"])
@@ -99,6 +115,7 @@ def solr_count(settings: Settings, collection: str | None = None) -> int:
     response = requests.get(
         f"{_collection_url(settings, collection)}/select",
         params={"q": "*:*", "rows": "0", "facet": "false", "wt": "json"},
+        auth=_auth(settings),
         timeout=30,
     )
     response.raise_for_status()
@@ -123,3 +140,49 @@ def review_ids(settings: Settings) -> list[str]:
     """Image ids of the TagResults in the review topic (with repeats, if any)."""
     deserialize = AvroDeserializer("TagResult")
     return [deserialize(v)["id"] for v in topic_values(settings, settings.kafka.topic_review)]
+
+
+# -- the secured stack ------------------------------------------------------------------------
+
+# Its ports: the test stack's + 10000, so both run side by side.
+SECURE_PORTS = {"kafka": 29092, "kafka_controller": 29093, "solr": 28983}
+
+
+@contextmanager
+def secured_stack(home: Path) -> Iterator[Settings]:
+    """A secured local stack (``stack.secure``) of its own under ``home``, up while the block
+    runs; yields its settings without credentials (see :func:`as_component`)."""
+    from imagetag.stack import LocalStack
+
+    settings = Settings.load(
+        kafka={"bootstrap_servers": f"127.0.0.1:{SECURE_PORTS['kafka']}"},
+        solr={"url": f"http://127.0.0.1:{SECURE_PORTS['solr']}/solr", "commit_within_ms": 200},
+        stack={
+            "home": str(home),
+            "kafka_controller_port": SECURE_PORTS["kafka_controller"],
+            "secure": True,
+        },
+    )
+    stack = LocalStack(settings)
+    try:
+        stack.up()
+        yield settings
+    finally:
+        stack.down()
+
+
+def as_component(settings: Settings, component: str) -> Settings:
+    """The settings of a secured stack's ``component`` (``imagetag.secure_stack.COMPONENTS``):
+    the Solr and Kafka users it runs as, as ``imagetag stack credentials`` prints them."""
+    from imagetag.secure_stack import COMPONENTS, StackCredentials, kafka_client_options
+
+    credentials = StackCredentials.load_or_create(settings.stack.home)
+    solr_user, kafka_user = COMPONENTS[component]
+    derived = settings
+    if solr_user is not None:
+        user, password = credentials.solr_user(component)
+        derived = derived.derive(solr={"username": user, "password": password})
+    if kafka_user is not None:
+        client = kafka_client_options(*credentials.kafka_user(component))
+        derived = derived.derive(kafka={"client": client})
+    return derived

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -19,37 +21,16 @@ from imagetag.errors import ServiceError
 from imagetag.secure_stack import StackCredentials
 from imagetag.settings import Settings
 from imagetag.solr import SolrWriter, solr_client
-from imagetag.stack import LocalStack
+from imagetag.testing.services import as_component, secured_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
-# The secured stack's ports: the test stack's + 10000, so the two run side by side.
-PORTS = {"kafka": 29092, "kafka_controller": 29093, "solr": 28983}
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    home = tmp_path_factory.mktemp("secure-stack")
-    settings = Settings.load(
-        kafka={"bootstrap_servers": f"127.0.0.1:{PORTS['kafka']}"},
-        solr={"url": f"http://127.0.0.1:{PORTS['solr']}/solr", "commit_within_ms": 200},
-        stack={
-            "home": str(home),
-            "kafka_controller_port": PORTS["kafka_controller"],
-            "secure": True,
-        },
-    )
-    stack = LocalStack(settings)
-    stack.up()
-    try:
+    with secured_stack(tmp_path_factory.mktemp("secure-stack")) as settings:
         yield settings
-    finally:
-        stack.down()
-
-
-def as_component(settings: Settings, component: str) -> Settings:
-    user, password = StackCredentials.load_or_create(settings.stack.home).solr_user(component)
-    return settings.derive(solr={"username": user, "password": password})
 
 
 def imagetag(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -91,17 +72,82 @@ def test_each_component_gets_what_its_user_may_and_nothing_else(secured: Setting
     assert search.returncode == 0, search.stdout + search.stderr
     assert "a" * 12 in search.stdout
 
-    # The indexer may not administer collections; a wrong password is named as such.
-    refused = imagetag(indexer, "init")
+    # The stream's users may not administer collections or topics; a wrong password is named.
+    refused = imagetag(indexer, "init", "--skip-kafka")
     assert refused.returncode == 2
-    assert "user 'indexer' may not" in refused.stderr
+    assert "solr at" in refused.stderr and "user 'indexer' may not" in refused.stderr
+    refused = imagetag(indexer, "init", "--skip-solr")
+    assert refused.returncode == 2
+    assert (
+        "kafka at" in refused.stderr and "user 'stream' may not configure topic" in refused.stderr
+    )
     wrong = secured.derive(solr={"username": "indexer", "password": "not-it"})
     with pytest.raises(ServiceError, match="user 'indexer' is not authenticated"):
         SolrWriter(wrong).write([doc])
 
 
+def first_answer(consumer: Any, timeout_s: float = 30.0) -> Any:
+    """The first record, or the first refusal, a consumer gets: errors of a group coordinator
+    still loading on a fresh broker (NOT_COORDINATOR, ...) are passed over."""
+    from confluent_kafka import KafkaError
+
+    refusals = (KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = consumer.poll(1)
+        if message is None:
+            continue
+        error = message.error()
+        if error is None or error.code() in refusals:
+            return message
+    return None
+
+
+def test_kafka_lets_each_user_do_its_part_only(secured: Settings) -> None:
+    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+    admin = as_component(secured, "admin")
+    assert imagetag(admin, "init", "--skip-solr").returncode == 0
+    topic = secured.kafka.topic_images
+
+    # No credentials: the broker is not even reachable in plaintext.
+    anonymous = Producer({"bootstrap.servers": secured.kafka.bootstrap_servers})
+    anonymous.produce(topic, b"x")
+    assert anonymous.flush(5) == 1  # still queued: never delivered
+
+    producer_settings = as_component(secured, "produce")
+    producer = Producer(producer_settings.kafka.client_config())
+    errors: list[KafkaError | None] = []
+    producer.produce(topic, b"an image", on_delivery=lambda err, _: errors.append(err))
+    assert producer.flush(30) == 0 and errors == [None]
+
+    # The producer may write the input, not read it.
+    consumer = Consumer(
+        producer_settings.kafka.client_config()
+        | {"group.id": "imagetag-acl-test", "auto.offset.reset": "earliest"}
+    )
+    consumer.assign([TopicPartition(topic, p) for p in range(secured.kafka.partitions)])
+    message = first_answer(consumer)
+    consumer.close()
+    error = message.error() if message is not None else None
+    # Refused at the group (the producer has none) or at the topic, whichever is asked first.
+    denied = (KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    assert error is not None and error.code() in denied
+
+    # The stream reads the input.
+    stream = Consumer(
+        as_component(secured, "stream").kafka.client_config()
+        | {"group.id": "imagetag-acl-test", "auto.offset.reset": "earliest"}
+    )
+    stream.assign([TopicPartition(topic, p) for p in range(secured.kafka.partitions)])
+    record = first_answer(stream)
+    stream.close()
+    assert record is not None and record.error() is None and record.value() == b"an image"
+
+
 def test_credentials_reach_no_log(secured: Settings) -> None:
-    passwords = StackCredentials.load_or_create(secured.stack.home).solr.values()
+    credentials = StackCredentials.load_or_create(secured.stack.home)
+    passwords = [*credentials.solr.values(), *credentials.kafka.values()]
     logs = "".join(p.read_text(errors="replace") for p in (secured.stack.home / "logs").glob("*"))
     assert logs and not any(password in logs for password in passwords)
     printed = imagetag(secured, "stack", "credentials", "search")

@@ -10,9 +10,13 @@ from pathlib import Path
 from imagetag.secure_stack import (
     CREDENTIALS_FILE,
     StackCredentials,
+    kafka_acls,
+    kafka_scram_arguments,
+    kafka_security_properties,
     solr_password_hash,
     solr_security_json,
 )
+from imagetag.settings import Settings
 
 
 def test_credentials_are_generated_once_and_only_the_owner_reads_them(tmp_path: Path) -> None:
@@ -25,6 +29,24 @@ def test_credentials_are_generated_once_and_only_the_owner_reads_them(tmp_path: 
     assert all(password not in repr(first) for password in first.solr.values())
     assert first.solr_user("stream") == ("indexer", first.solr["indexer"])
     assert first.solr_user("search") == ("searcher", first.solr["searcher"])
+    assert set(first.kafka) == {"admin", "stream", "producer", "tools"}
+    assert first.kafka_user("produce") == ("producer", first.kafka["producer"])
+    assert all(password not in repr(first) for password in first.kafka.values())
+
+
+def test_kafka_users_and_acls_grant_least_privilege(tmp_path: Path) -> None:
+    credentials = StackCredentials.load_or_create(tmp_path)
+    properties = "\n".join(kafka_security_properties(credentials))
+    assert "allow.everyone.if.no.acl.found=false" in properties
+    assert "super.users=User:admin\n" in properties + "\n"
+    assert len(kafka_scram_arguments(credentials)) == 2 * len(credentials.kafka)
+    acls = set(kafka_acls(Settings.load()))
+    assert ("producer", "TOPIC", "LITERAL", "images", "WRITE") in acls
+    assert ("producer", "TOPIC", "LITERAL", "images", "READ") not in acls
+    assert ("stream", "TOPIC", "LITERAL", "images", "READ") in acls
+    assert ("stream", "TOPIC", "LITERAL", "images", "WRITE") not in acls
+    assert ("stream", "TOPIC", "LITERAL", "images.dlq", "WRITE") in acls
+    assert not any(user == "admin" for user, *_ in acls)  # the super user needs none
 
 
 def test_password_hash_is_solrs_double_sha256() -> None:
