@@ -236,31 +236,40 @@ def solr_security_json(credentials: StackCredentials) -> dict[str, Any]:
     }
 
 
-def ensure_solr_security(
-    zk_address: str, base_url: str, credentials: StackCredentials, timeout_s: float = 60.0
-) -> None:
-    """Make the local Solr node secured: write ``/security.json`` to its ZooKeeper unless one
-    is there, then wait until Solr enforces it (an anonymous request is refused, admin's is
-    answered). Raises ServiceError when it does not take effect in time."""
-    import time
-
-    import requests
+def write_solr_security(zk_address: str, credentials: StackCredentials) -> bool:
+    """Write Solr's ``/security.json`` to the ZooKeeper at ``zk_address`` unless a non-empty
+    one is there (SolrCloud creates an empty ``{}``); True when it wrote it."""
     from kazoo.client import KazooClient
-
-    from imagetag.errors import ServiceError
 
     zk = KazooClient(hosts=zk_address, timeout=10)
     zk.start(timeout=30)
     try:
-        if not zk.exists("/security.json") or not zk.get("/security.json")[0].strip(b"{} \n"):
-            body = json.dumps(solr_security_json(credentials)).encode()
-            if zk.exists("/security.json"):
-                zk.set("/security.json", body)
-            else:
-                zk.create("/security.json", body)
+        if zk.exists("/security.json") and zk.get("/security.json")[0].strip(b"{} \n"):
+            return False
+        body = json.dumps(solr_security_json(credentials)).encode()
+        if zk.exists("/security.json"):
+            zk.set("/security.json", body)
+        else:
+            zk.create("/security.json", body, makepath=True)
+        return True
     finally:
         zk.stop()
         zk.close()
+
+
+def ensure_solr_security(
+    zk_address: str, base_url: str, credentials: StackCredentials, timeout_s: float = 60.0
+) -> None:
+    """Make the local Solr node secured (:func:`write_solr_security`), then wait until Solr
+    enforces it (an anonymous request is refused, admin's is answered). Raises ServiceError
+    when it does not take effect in time."""
+    import time
+
+    import requests
+
+    from imagetag.errors import ServiceError
+
+    write_solr_security(zk_address, credentials)
     probe = f"{base_url}/admin/info/system"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -13,18 +13,26 @@ from imagetag.stack import LocalStack
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["up", "down", "status", "credentials"])
+    parser.add_argument("action", choices=["up", "down", "status", "credentials", "solr-security"])
     parser.add_argument(
         "component",
         nargs="?",
-        help="with credentials: admin, stream, backfill, search or produce (the users it runs as)",
+        help="with credentials: admin, stream, backfill, search or produce (the users it runs "
+        "as); with solr-security: the ZooKeeper (host:port) to write Solr's security.json to",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["solr", "kafka"],
+        help="with credentials: print only this service's (a deployment securing only one)",
     )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     stack = LocalStack(settings)
     if args.action == "credentials":
-        return _print_credentials(settings, args.component)
+        return _print_credentials(settings, args.component, args.only)
+    if args.action == "solr-security":
+        return _write_solr_security(settings, args.component)
     if args.action == "up":
         started = time.monotonic()
         statuses = stack.up()
@@ -42,7 +50,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(s.running for s in statuses) else 1
 
 
-def _print_credentials(settings: Settings, component: str | None) -> int:
+def _print_credentials(settings: Settings, component: str | None, only: str | None) -> int:
     """``export IMAGETAG_...`` lines for ``eval``: the least-privileged Solr and Kafka users of
     ``component``. Printed only on this explicit request."""
     import json
@@ -56,11 +64,25 @@ def _print_credentials(settings: Settings, component: str | None) -> int:
         raise ConfigError(f"credentials for one of {', '.join(COMPONENTS)}, not {component!r}")
     credentials = StackCredentials.load_or_create(settings.stack.home.resolve())
     solr_user, kafka_user = COMPONENTS[component]
-    if solr_user is not None:
+    if solr_user is not None and only != "kafka":
         user, password = credentials.solr_user(component)
         print(f"export IMAGETAG_SOLR__USERNAME={shlex.quote(user)}")
         print(f"export IMAGETAG_SOLR__PASSWORD={shlex.quote(password)}")
-    if kafka_user is not None:
+    if kafka_user is not None and only != "solr":
         client = kafka_client_options(*credentials.kafka_user(component))
         print(f"export IMAGETAG_KAFKA__CLIENT={shlex.quote(json.dumps(client))}")
+    return 0
+
+
+def _write_solr_security(settings: Settings, zk_address: str | None) -> int:
+    """Solr's security.json into a ZooKeeper before Solr starts there (docker-compose's
+    ``solr-security`` service), from this stack home's credentials."""
+    from imagetag.errors import ConfigError
+    from imagetag.secure_stack import StackCredentials, write_solr_security
+
+    if not zk_address:
+        raise ConfigError("solr-security needs the ZooKeeper address (host:port)")
+    credentials = StackCredentials.load_or_create(settings.stack.home.resolve())
+    wrote = write_solr_security(zk_address, credentials)
+    print(f"security.json {'written to' if wrote else 'already in'} {zk_address}")
     return 0

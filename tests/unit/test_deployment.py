@@ -92,3 +92,12 @@ def test_compose_runs_spark_and_the_stream_from_the_one_project_image(compose: d
         assert services[name]["build"] == ".", name
     assert "imagetag submit" in " ".join(services["stream"]["command"])
     assert "spark.driver.host" in services["stream"]["environment"]["IMAGETAG_SPARK__CONF"]
+
+
+def test_compose_solr_starts_with_the_secured_stacks_model(compose: dict) -> None:
+    """security.json reaches ZooKeeper before Solr starts; the jobs run as their own users."""
+    services = compose["services"]
+    assert "solr-security" in services["solr"]["depends_on"]
+    assert services["solr-security"]["command"][:3] == ["imagetag", "stack", "solr-security"]
+    assert "credentials admin" in " ".join(services["init"]["command"])
+    assert "credentials stream" in " ".join(services["stream"]["command"])
