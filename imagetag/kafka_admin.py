@@ -68,7 +68,7 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
-        raise ServiceError("kafka", address, f"cannot list topics: {exc}") from exc
+        raise ServiceError("kafka", address, failure_line(settings, "list topics", exc)) from exc
     limit = str(message_limit(settings))
     missing = [
         NewTopic(
@@ -89,7 +89,7 @@ def ensure_topics(
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise ServiceError(
-                        "kafka", address, _failed(settings, f"create topic {name}", exc)
+                        "kafka", address, failure_line(settings, f"create topic {name}", exc)
                     ) from exc
     present = [name for name in names if not created[name]]
     if present and configure_existing:
@@ -112,17 +112,22 @@ def ensure_topics(
                 future.result()
             except KafkaException as exc:
                 raise ServiceError(
-                    "kafka", address, _failed(settings, f"configure topic {resource.name}", exc)
+                    "kafka",
+                    address,
+                    failure_line(settings, f"configure topic {resource.name}", exc),
                 ) from exc
     return created
 
 
-def _failed(settings: Settings, operation: str, exc: KafkaException) -> str:
-    """One line for a failed admin operation; an authorization failure names the user."""
+def failure_line(settings: Settings, operation: str, exc: Exception) -> str:
+    """One line for a failed Kafka operation (a librdkafka ``KafkaException``): a refused login
+    or a missing permission names the user and the operation, anything else says what failed."""
     error = exc.args[0] if exc.args else None
-    name = error.name() if error is not None and hasattr(error, "name") else ""
+    name = str(error.name()) if error is not None and hasattr(error, "name") else ""
+    user = settings.kafka.client_config().get("sasl.username", "anonymous")
+    if name in ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED"):
+        return f"user {user!r} is not authenticated to {operation} (SASL: wrong or no password)"
     if "AUTHORIZATION_FAILED" in name:
-        user = settings.kafka.client_config().get("sasl.username", "anonymous")
         return f"user {user!r} may not {operation} ({name})"
     return f"cannot {operation}: {exc}"
 

@@ -230,34 +230,46 @@ def is_data_fault(exc: BaseException) -> bool:
     """Did a batch fail because of what is in it, not because a service is away?
 
     Yes for an exception raised by our Python code on an executor (pyspark's
-    ``PythonException``) and for a Python worker that died (Spark reports an ``EOFException``
-    under a ``SparkException``: a segfault or an OOM kill while handling some record). No for
-    everything else: Kafka or Solr unreachable, an executor lost, the driver's own errors.
+    ``PythonException``) and for a Python worker that died (a segfault or an OOM kill while
+    handling some record): Spark reports that as a ``SparkException`` thrown by its Python
+    runner (``org.apache.spark.api.python``) around the broken pipe to the worker, an
+    ``EOFException`` or a ``SocketException`` (connection reset), with no error condition to
+    tell it by. No for everything else: Kafka or Solr unreachable, an executor lost, the
+    driver's own errors.
     """
     from pyspark.errors.exceptions.base import PythonException
 
     if isinstance(exc, PythonException):
         return True
-    names = _java_causes(exc)
-    if "org.apache.spark.api.python.PythonException" in names:
+    causes = _java_causes(exc)
+    if any(name == "org.apache.spark.api.python.PythonException" for name, _ in causes):
         return True
     return any(
-        outer == "org.apache.spark.SparkException" and inner == "java.io.EOFException"
-        for outer, inner in itertools.pairwise(names)
+        outer == "org.apache.spark.SparkException"
+        and thrower.startswith("org.apache.spark.api.python.")
+        and inner in _WORKER_GONE
+        for (outer, thrower), (inner, _) in itertools.pairwise(causes)
     )
 
 
-def _java_causes(exc: BaseException) -> list[str]:
-    """The class names of a py4j error's Java exception and its causes, outermost first."""
+# How the pipe to a Python worker that died breaks, as its runner sees it.
+_WORKER_GONE = frozenset({"java.io.EOFException", "java.net.SocketException"})
+
+
+def _java_causes(exc: BaseException) -> list[tuple[str, str]]:
+    """(class name, class of the top stack frame) of a py4j error's Java exception and its
+    causes, outermost first."""
     java = getattr(exc, "java_exception", None)
-    names: list[str] = []
-    while java is not None and len(names) < 20:
+    causes: list[tuple[str, str]] = []
+    while java is not None and len(causes) < 20:
         try:
-            names.append(str(java.getClass().getName()))
+            frames = java.getStackTrace()
+            thrower = str(frames[0].getClassName()) if len(frames) else ""
+            causes.append((str(java.getClass().getName()), thrower))
             java = java.getCause()
         except Exception:  # the gateway is gone: nothing more to learn
             break
-    return names
+    return causes
 
 
 def fault_summary(exc: BaseException | str) -> str:

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple, Protocol
 from imagetag.avro import AvroSerializer
 from imagetag.errors import ConfigError, RecordError, ServiceError
 from imagetag.formats import CONTENT_TYPES, sniff_format
-from imagetag.kafka_admin import message_limit
+from imagetag.kafka_admin import failure_line, message_limit
 from imagetag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -144,9 +144,11 @@ class _Client(Protocol):
 
 class _ConfluentClient:
     def __init__(self, settings: Settings, overrides: Mapping[str, Any]) -> None:
-        from confluent_kafka import KafkaException, Producer
+        from confluent_kafka import KafkaError, KafkaException, Producer
 
         self._kafka_exception = KafkaException
+        self._authentication_error = KafkaError._AUTHENTICATION
+        self._settings = settings
         self._address = settings.kafka.bootstrap_servers
         config: dict[str, Any] = dict(CONFLUENT_DEFAULTS)
         config["message.max.bytes"] = message_limit(settings)
@@ -156,10 +158,18 @@ class _ConfluentClient:
         # Errors (e.g. a broker that is down) are reported through delivery reports and
         # the connectivity check; librdkafka's own stderr logging would only duplicate them.
         config.setdefault("log_level", 3)
+        # A refused SASL login reaches only the error callback; a metadata request then fails
+        # with a transport error. Remember the login failure, so it is the one reported.
+        self._login_error: Any = None
+        config.setdefault("error_cb", self._on_client_error)
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
             raise ConfigError(f"invalid Kafka producer configuration: {exc}") from exc
+
+    def _on_client_error(self, error: Any) -> None:
+        if error.code() == self._authentication_error:
+            self._login_error = error
 
     def list_topics(self, timeout_s: float) -> set[str]:
         try:
@@ -167,7 +177,10 @@ class _ConfluentClient:
             # auto.create.topics.enable create it, hiding a typo.
             metadata = self._producer.list_topics(timeout=timeout_s)
         except self._kafka_exception as exc:
-            raise ServiceError("kafka", self._address, f"not reachable: {exc}") from exc
+            self._producer.poll(0)  # serve the queued error callbacks
+            cause = self._kafka_exception(self._login_error) if self._login_error else exc
+            line = failure_line(self._settings, "list topics", cause)
+            raise ServiceError("kafka", self._address, line) from exc
         return {name for name, t in metadata.topics.items() if t.error is None}
 
     def produce(self, message: OutgoingMessage, on_delivery: ClientReport) -> None:

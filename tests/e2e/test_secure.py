@@ -3,6 +3,7 @@ credentials it needs (``imagetag stack credentials``), and everything else refus
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.e2e.conftest import (
     assert_exact,
     produce,
     run_imagetag,
+    solr_count,
     wait_until,
 )
 
@@ -52,11 +54,30 @@ def test_produce_stream_search_with_credentials_and_nothing_without(
     wait_until(accounted(checker, len(ids), 0), 300, "the secured stream to tag 120 images")
     assert_exact(checker, ids, dead=0)
     assert stream.stop() == 0, stream.log()[-3000:]
+    tagged = solr_count(checker)
 
     # search as the searcher
     search = run_imagetag(as_component(base, "search"), "search", "--rows", "3", timeout_s=60)
     assert search.returncode == 0, search.stdout + search.stderr
     assert any(image_id[:12] in search.stdout for image_id in ids)
+
+    # the batch jobs as their users: a backfill of the topic (Spark's Kafka source with the
+    # tools user's SCRAM login, Solr as the indexer), then a blue/green reindex as admin
+    backfill = run_imagetag(
+        as_component(base, "backfill"),
+        "backfill",
+        "kafka",
+        "--json",
+        "--no-progress",
+        timeout_s=600,
+    )
+    assert backfill.returncode == 0, backfill.stdout[-2000:] + backfill.stderr[-3000:]
+    summary = json.loads([x for x in backfill.stdout.splitlines() if x.startswith("{")][-1])
+    assert summary["images"] == len(ids)
+    assert summary["tagged"] == tagged  # the same model: the same decisions
+    reindex = run_imagetag(as_component(base, "admin"), "reindex", "--json", timeout_s=600)
+    assert reindex.returncode == 0, reindex.stdout[-2000:] + reindex.stderr[-3000:]
+    wait_until(lambda: solr_count(checker) == tagged, 60, "the reindexed collection")
 
     # refused: anonymous update and query, the searcher updating, Kafka without credentials
     url = f"{base.solr.url}/{base.solr.collection}"

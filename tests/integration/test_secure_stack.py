@@ -18,10 +18,11 @@ import pytest
 import requests
 
 from imagetag.errors import ServiceError
-from imagetag.secure_stack import StackCredentials
+from imagetag.secure_stack import StackCredentials, kafka_client_options
 from imagetag.settings import Settings
 from imagetag.solr import SolrWriter, solr_client
 from imagetag.testing.services import as_component, secured_stack
+from producers import ImageProducer
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
@@ -86,6 +87,13 @@ def test_each_component_gets_what_its_user_may_and_nothing_else(secured: Setting
         SolrWriter(wrong).write([doc])
 
 
+def from_the_start(topic: str, partitions: int) -> list[Any]:
+    """Every partition at its first offset: no committed offsets to fetch first."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+
+
 def first_answer(consumer: Any, timeout_s: float = 30.0) -> Any:
     """The first record, or the first refusal, a consumer gets: errors of a group coordinator
     still loading on a fresh broker (NOT_COORDINATOR, ...) are passed over."""
@@ -104,7 +112,7 @@ def first_answer(consumer: Any, timeout_s: float = 30.0) -> Any:
 
 
 def test_kafka_lets_each_user_do_its_part_only(secured: Settings) -> None:
-    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, Producer
 
     admin = as_component(secured, "admin")
     assert imagetag(admin, "init", "--skip-solr").returncode == 0
@@ -114,6 +122,13 @@ def test_kafka_lets_each_user_do_its_part_only(secured: Settings) -> None:
     anonymous = Producer({"bootstrap.servers": secured.kafka.bootstrap_servers})
     anonymous.produce(topic, b"x")
     assert anonymous.flush(5) == 1  # still queued: never delivered
+
+    # A wrong password: one line naming the user, at once (no retrying a login).
+    wrong = as_component(secured, "produce").derive(
+        kafka={"client": {**kafka_client_options("producer", "not-it")}}
+    )
+    with pytest.raises(ServiceError, match="user 'producer' is not authenticated"):
+        ImageProducer(wrong)
 
     producer_settings = as_component(secured, "produce")
     producer = Producer(producer_settings.kafka.client_config())
@@ -126,11 +141,12 @@ def test_kafka_lets_each_user_do_its_part_only(secured: Settings) -> None:
         producer_settings.kafka.client_config()
         | {"group.id": "imagetag-acl-test", "auto.offset.reset": "earliest"}
     )
-    consumer.assign([TopicPartition(topic, p) for p in range(secured.kafka.partitions)])
+    consumer.assign(from_the_start(topic, secured.kafka.partitions))
     message = first_answer(consumer)
     consumer.close()
     error = message.error() if message is not None else None
-    # Refused at the group (the producer has none) or at the topic, whichever is asked first.
+    # librdkafka looks its group coordinator up whenever group.id is set: refused at the group
+    # (the producer has none) or at the topic, whichever answers first. Either is a refusal.
     denied = (KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED)
     assert error is not None and error.code() in denied
 
@@ -139,7 +155,7 @@ def test_kafka_lets_each_user_do_its_part_only(secured: Settings) -> None:
         as_component(secured, "stream").kafka.client_config()
         | {"group.id": "imagetag-acl-test", "auto.offset.reset": "earliest"}
     )
-    stream.assign([TopicPartition(topic, p) for p in range(secured.kafka.partitions)])
+    stream.assign(from_the_start(topic, secured.kafka.partitions))
     record = first_answer(stream)
     stream.close()
     assert record is not None and record.error() is None and record.value() == b"an image"

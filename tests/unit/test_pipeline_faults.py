@@ -16,14 +16,26 @@ class _JavaClass:
         return self.name
 
 
+class _Frame:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def getClassName(self) -> str:
+        return self.name
+
+
 class _Java:
-    """Stands in for a py4j Java exception: a class name and a cause."""
+    """Stands in for a py4j Java exception: a class name (``Class@ThrowingClass`` to say
+    where it was thrown) and a cause."""
 
     def __init__(self, *names: str) -> None:
         self.names = names
 
     def getClass(self) -> _JavaClass:
-        return _JavaClass(self.names[0])
+        return _JavaClass(self.names[0].partition("@")[0])
+
+    def getStackTrace(self) -> list[_Frame]:
+        return [_Frame(self.names[0].partition("@")[2] or "java.lang.Object")]
 
     def getCause(self) -> _Java | None:
         return _Java(*self.names[1:]) if len(self.names) > 1 else None
@@ -35,6 +47,9 @@ class _Py4JError(Exception):
         self.java_exception = _Java(*names)
 
 
+RUNNER = "org.apache.spark.api.python.BasePythonRunner$ReaderIterator$$anonfun$1"
+
+
 def test_an_executor_side_python_exception_is_a_data_fault() -> None:
     assert is_data_fault(PythonException(message="ValueError: poison"))
     assert is_data_fault(
@@ -43,8 +58,13 @@ def test_an_executor_side_python_exception_is_a_data_fault() -> None:
 
 
 def test_a_crashed_python_worker_is_a_data_fault() -> None:
-    crash = ("org.apache.spark.SparkException", "org.apache.spark.SparkException")
-    assert is_data_fault(_Py4JError(*crash, "java.io.EOFException"))
+    """Its runner reports the broken pipe as an EOF or, as often, a connection reset."""
+    crash = (
+        "org.apache.spark.SparkException@org.apache.spark.scheduler.DAGScheduler",
+        f"org.apache.spark.SparkException@{RUNNER}",
+    )
+    assert is_data_fault(_Py4JError(*crash, "java.io.EOFException@java.io.DataInputStream"))
+    assert is_data_fault(_Py4JError(*crash, "java.net.SocketException@sun.nio.ch.NioSocketImpl"))
 
 
 def test_services_and_the_driver_are_not_data_faults() -> None:
@@ -55,6 +75,9 @@ def test_services_and_the_driver_are_not_data_faults() -> None:
     assert not is_data_fault(_Py4JError("org.apache.spark.sql.AnalysisException"))
     assert not is_data_fault(ConnectionError("solr down"))
     assert not is_data_fault(_Py4JError("java.io.EOFException"))  # not under a SparkException
+    # a reset connection elsewhere (a Kafka or Solr client) is a service, not a worker
+    elsewhere = "org.apache.spark.SparkException@org.apache.spark.sql.kafka010.KafkaSource"
+    assert not is_data_fault(_Py4JError(elsewhere, "java.net.SocketException"))
 
 
 def test_a_contiguous_chunk_is_one_range_per_partition() -> None:

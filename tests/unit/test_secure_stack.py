@@ -67,3 +67,20 @@ def test_security_json_blocks_anonymous_and_grants_least_privilege(tmp_path: Pat
     permissions = {p["name"]: p["role"] for p in security["authorization"]["permissions"]}
     assert "searcher" in permissions["read"] and "searcher" not in permissions["update"]
     assert "indexer" in permissions["update"] and permissions["all"] == ["admin"]
+
+
+def test_kafka_refusals_are_one_line_naming_the_user() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from imagetag.kafka_admin import failure_line
+
+    settings = Settings.load(kafka={"client": {"sasl.username": "producer", "sasl.password": "x"}})
+    login = KafkaException(KafkaError(KafkaError._AUTHENTICATION))
+    assert failure_line(settings, "list topics", login) == (
+        "user 'producer' is not authenticated to list topics (SASL: wrong or no password)"
+    )
+    denied = KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    assert failure_line(settings, "create topic images", denied).startswith(
+        "user 'producer' may not create topic images"
+    )
+    assert failure_line(Settings.load(), "list topics", denied).startswith("user 'anonymous'")
