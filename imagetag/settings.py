@@ -129,8 +129,9 @@ class StackSettings(_Section):
     kafka_heap: str = "1g"
     solr_heap: str = "1g"
     start_timeout_s: float = Field(default=120.0, gt=0)
-    # Solr with BasicAuth + rule-based authorization, users and passwords generated into
-    # <home>/credentials.json (imagetag.secure_stack). Off: the two README commands stay open.
+    # Kafka with SASL/SCRAM + ACLs and Solr with BasicAuth + rule-based authorization, users
+    # and passwords generated into <home>/credentials.json (imagetag.secure_stack). Off by
+    # default: the two README commands run on an open stack.
     secure: bool = False
     # The Spark standalone cluster, started when spark.master is spark://127.0.0.1:<port>
     # (worker on port + 1, web UIs on port + 1000 and + 1001).
