@@ -45,8 +45,7 @@ from pathlib import Path
 from types import FrameType
 
 from imagetag.settings import Settings
-from imagetag.spark import connector_jars
-from imagetag.stack import spark_home, standalone_master
+from imagetag.spark import connector_jars, loopback_driver_conf, spark_home, standalone_master
 
 # The jobs spark-submit runs (the other commands need no Spark, or are the stack itself).
 SUBMITTABLE = ("stream", "backfill", "train", "retrain", "reindex")
@@ -96,11 +95,9 @@ def submit_command(settings: Settings, job: list[str], code_zip: Path) -> list[s
     conf = {
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
+        **loopback_driver_conf(settings),
         **spark.conf,
     }
-    if standalone_master(settings) is not None:  # everything on loopback, as the stack is
-        conf.setdefault("spark.driver.host", "127.0.0.1")
-        conf.setdefault("spark.driver.bindAddress", "127.0.0.1")
     command = [
         str(spark_home() / "bin" / "spark-submit"),
         "--master",

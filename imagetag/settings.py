@@ -26,6 +26,8 @@ from imagetag.errors import ConfigError
 ENV_PREFIX = "IMAGETAG_"
 CONFIG_ENV = "IMAGETAG_CONFIG"
 DEFAULT_CONFIG_FILE = "imagetag.yaml"
+# The host names of this machine's loopback: where the local stack may start services.
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class _Section(BaseModel):

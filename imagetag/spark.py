@@ -12,10 +12,43 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imagetag.errors import ServiceError
-from imagetag.settings import Settings
+from imagetag.settings import LOOPBACK, Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+
+def standalone_master(settings: Settings) -> tuple[str, int] | None:
+    """(host, port) of a ``spark://host:port`` master on loopback (one the stack can start),
+    else None (``local[N]``, or a real cluster's master)."""
+    master = settings.spark.master
+    if not master.startswith("spark://"):
+        return None
+    host, _, port = master.removeprefix("spark://").partition(":")
+    if host not in LOOPBACK or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+def spark_home() -> Path:
+    """The Spark distribution inside the pyspark wheel (``bin/``, ``jars/``)."""
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def pyspark_version() -> str:
+    import pyspark
+
+    return str(pyspark.__version__)
+
+
+def loopback_driver_conf(settings: Settings) -> dict[str, str]:
+    """With the local stack's own standalone cluster, the driver listens on loopback too
+    (executors connect back to it), as everything of the stack does; else nothing."""
+    if standalone_master(settings) is None:
+        return {}
+    return {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
 
 
 def connector_jars(settings: Settings) -> list[Path]:
@@ -58,10 +91,8 @@ def spark_session(settings: Settings, app_name: str = "imagetag") -> SparkSessio
             .config("spark.driver.memory", spark_conf.driver_memory)
             .config("spark.executor.memory", spark_conf.executor_memory)
         )
-        if spark_conf.master.startswith("spark://127.0.0.1:"):  # the stack's own cluster
-            builder = builder.config("spark.driver.host", "127.0.0.1").config(
-                "spark.driver.bindAddress", "127.0.0.1"
-            )
+        for key, value in loopback_driver_conf(settings).items():
+            builder = builder.config(key, value)
     builder = (
         builder.config("spark.sql.shuffle.partitions", str(spark_conf.shuffle_partitions))
         .config("spark.ui.enabled", str(spark_conf.ui_enabled).lower())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -33,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from imagetag.errors import ServiceError
-from imagetag.settings import Settings
+from imagetag.settings import LOOPBACK, Settings
+from imagetag.spark import pyspark_version, spark_home, standalone_master
 
 if TYPE_CHECKING:
     from imagetag.secure_stack import StackCredentials
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JVM_SOURCES = PROJECT_ROOT / "jvm"
 SOLR_HOME_TEMPLATE = PROJECT_ROOT / "solr_config" / "home"
-LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,13 @@ class _Service:
     def environment(self) -> dict[str, str] | None:
         """The process environment (None: this one's)."""
         return None
+
+    @functools.cached_property
+    def credentials(self) -> StackCredentials:
+        """The secured stack's users and passwords (read once: every probe uses them)."""
+        from imagetag.secure_stack import StackCredentials
+
+        return StackCredentials.load_or_create(self.home)
 
     # -- shared mechanics --------------------------------------------------------------------
     def marker(self) -> str:
@@ -235,7 +243,7 @@ class KafkaService(_Service):
             from imagetag.secure_stack import kafka_security_properties
 
             protocol = "SASL_PLAINTEXT"
-            security = kafka_security_properties(self.credentials())
+            security = kafka_security_properties(self.credentials)
         else:
             protocol, security = "PLAINTEXT", []
         lines = [
@@ -280,7 +288,7 @@ class KafkaService(_Service):
         if self.settings.stack.secure:
             from imagetag.secure_stack import kafka_scram_arguments
 
-            scram = kafka_scram_arguments(self.credentials())
+            scram = kafka_scram_arguments(self.credentials)
         result = subprocess.run(
             self._java(
                 "kafka.tools.StorageTool",
@@ -303,18 +311,13 @@ class KafkaService(_Service):
     def command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self.properties), heap=self.settings.stack.kafka_heap)
 
-    def credentials(self) -> StackCredentials:
-        from imagetag.secure_stack import StackCredentials
-
-        return StackCredentials.load_or_create(self.home)
-
     def admin_config(self) -> dict[str, str]:
         """librdkafka settings of the stack's own probes: the broker's admin when secured."""
         config = {"bootstrap.servers": self.address}
         if self.settings.stack.secure:
             from imagetag.secure_stack import kafka_client_options
 
-            config |= kafka_client_options(*self.credentials().kafka_user("admin"))
+            config |= kafka_client_options(*self.credentials.kafka_user("admin"))
         return config
 
     def secure(self) -> None:
@@ -398,16 +401,13 @@ class SolrService(_Service):
         """The stack's own probes run as Solr's admin when the stack is secured."""
         if not self.settings.stack.secure:
             return None
-        from imagetag.secure_stack import StackCredentials
-
-        return StackCredentials.load_or_create(self.home).solr_user("admin")
+        return self.credentials.solr_user("admin")
 
     def secure(self) -> None:
         """Turn on (or check) authentication and authorization (``imagetag.secure_stack``)."""
-        from imagetag.secure_stack import StackCredentials, ensure_solr_security
+        from imagetag.secure_stack import ensure_solr_security
 
-        credentials = StackCredentials.load_or_create(self.home)
-        ensure_solr_security(f"{self.host}:{self.port + 1000}", self.base_url, credentials)
+        ensure_solr_security(f"{self.host}:{self.port + 1000}", self.base_url, self.credentials)
 
     def ready(self) -> bool:
         info = self.system_info()
@@ -554,31 +554,6 @@ class LocalStack:
 
     def status(self) -> list[ServiceStatus]:
         return [service.status() for service in self.services]
-
-
-def standalone_master(settings: Settings) -> tuple[str, int] | None:
-    """(host, port) of a ``spark://host:port`` master on loopback (one the stack can start),
-    else None (``local[N]``, or a real cluster's master)."""
-    master = settings.spark.master
-    if not master.startswith("spark://"):
-        return None
-    host, _, port = master.removeprefix("spark://").partition(":")
-    if host not in LOOPBACK or not port.isdigit():
-        return None
-    return host, int(port)
-
-
-def spark_home() -> Path:
-    """The Spark distribution inside the pyspark wheel (``bin/``, ``jars/``)."""
-    import pyspark
-
-    return Path(pyspark.__file__).resolve().parent
-
-
-def pyspark_version() -> str:
-    import pyspark
-
-    return str(pyspark.__version__)
 
 
 def _java() -> str:

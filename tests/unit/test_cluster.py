@@ -9,7 +9,8 @@ from pathlib import Path
 
 from imagetag.cluster import CODE_ZIP, LAUNCHER, build_code_zip, submit_command, submit_env
 from imagetag.settings import Settings
-from imagetag.stack import LocalStack, standalone_master
+from imagetag.spark import standalone_master
+from imagetag.stack import LocalStack
 
 
 def test_code_zip_is_the_packages_with_their_data_and_no_caches(tmp_path: Path) -> None:
