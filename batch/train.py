@@ -20,8 +20,11 @@ Stages (each printed with its wall time):
    compiled to numpy (hard votes).
 7. **evaluate**: the compiled forest votes on the held-out split (``mapInPandas``): accuracy,
    macro-F1, per-class precision/recall, confusion matrix, and at the vote threshold the
-   coverage and precision of the kept tags.
-8. **bundle**: manifest + dictionary + compiled forest written; promoted when asked and better.
+   coverage and precision of the kept tags, and the precision/coverage curve over thresholds
+   0.00..1.00.
+8. **bundle**: manifest + dictionary + compiled forest written, with two plots next to the
+   manifest (``confusion.png``, ``threshold.png``; a plot that fails is a warning, never an
+   error); promoted when asked and better.
 
 OpenCV runs single-threaded in each Python worker (Spark already runs one per core).
 """

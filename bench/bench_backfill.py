@@ -12,10 +12,13 @@ its own topics and collection, and samples every 0.5 s the resident memory of th
 2. the projected time for the 79,302,017 Tiny Images at the measured rate, on this machine
    and per added core (assuming the per-core rate holds: the splits are independent).
 
+The first table is also drawn as PNGs into ``--plots DIR`` (default ``bench/out/``): images/s
+per size (flat = linear time) and peak memories per size (flat = nothing collected).
+
 Runs on the local stack (started if needed). Uses the model store's CURRENT model, or trains a
 small one (Fashion-MNIST, 5,000 images) into ``.stack/bench/models`` when there is none.
 
-    .venv/bin/python bench/bench_backfill.py [--sizes 100000,400000] [--keep]
+    .venv/bin/python bench/bench_backfill.py [--sizes 100000,400000] [--keep] [--plots DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from imagetag import plots
 from imagetag.instrumentation import MemoryPeaks
 from imagetag.settings import Settings
 from imagetag.stack import LocalStack
@@ -43,6 +47,7 @@ from imagetag.testing.services import isolated_settings
 ROOT = Path(__file__).resolve().parents[1]
 TINY_IMAGES_CORPUS = 79_302_017
 BENCH_DIR = Path(".stack/bench")
+PLOTS_DIR = ROOT / "bench" / "out"  # ignored by git
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -156,10 +161,47 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h" if seconds < 86400 * 3 else f"{seconds / 86400:,.1f} days"
 
 
+def plot_groups(rows: list[Row]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """The table as bar-chart inputs: ``throughput`` -> size -> {``images/s``} and ``memory``
+    -> size -> peak MiB of the driver's Python, the JVM, one Python worker, all workers."""
+    throughput: dict[str, dict[str, float | None]] = {}
+    memory: dict[str, dict[str, float | None]] = {}
+    for row in rows:
+        size = f"{row.images:,} images"
+        throughput[size] = {"images/s": row.rate}
+        m = row.memory
+        memory[size] = {
+            "driver Python": m.driver_python,
+            "JVM": m.jvm,
+            "Python worker": m.worker_max,
+            "all workers": m.workers_total,
+        }
+    return {"throughput": throughput, "memory": memory}
+
+
+def write_plots(folder: Path, rows: list[Row]) -> list[Path]:
+    """``backfill-throughput.png`` and ``backfill-memory.png`` in ``folder``; returns the paths
+    written. A plot that fails is a warning on stderr."""
+    groups = plot_groups(rows)
+    pngs = plots.render(
+        {
+            "backfill-throughput.png": lambda: plots.throughput_bars_png(
+                groups["throughput"], title="backfill of generated Tiny Images"
+            ),
+            "backfill-memory.png": lambda: plots.throughput_bars_png(
+                groups["memory"], title="backfill: peak resident memory", ylabel="MiB"
+            ),
+        },
+        warn=lambda message: print(f"bench_backfill: plot {message}", file=sys.stderr),
+    )
+    return plots.save_pngs(folder, pngs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,400000", help="comma-separated image counts")
     parser.add_argument("--keep", action="store_true", help="keep the generated .bin files")
+    parser.add_argument("--plots", type=Path, default=PLOTS_DIR, help="folder for the PNGs")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     settings = Settings.load()
@@ -238,6 +280,8 @@ def main() -> int:
         f"each added core adds ~{per_core:.0f} images/s; from {cores} to {cores + 1} cores saves "
         f"{_hours(TINY_IMAGES_CORPUS / (per_core * cores) - TINY_IMAGES_CORPUS / (per_core * (cores + 1)))}"
     )
+    written = write_plots(args.plots, rows)
+    print("\nplots: " + ", ".join(str(p) for p in written))
     return 0
 
 

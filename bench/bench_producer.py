@@ -12,10 +12,13 @@ Note: ProducerPerformance's payload is random upper-case letters (lz4 shrinks it
 already-compressed image bytes (lz4 cannot): at the same record size the bytes on the wire
 differ, which favours the Java figure a little.
 
+The table is also drawn as PNGs (images/s and MB/s, grouped by workload) into ``--plots DIR``
+(default ``bench/out/``).
+
 Needs the broker from the settings (``imagetag stack up`` for the local one); writes to its own
 topics and deletes them afterwards.
 
-    .venv/bin/python bench/bench_producer.py [--png 30000] [--jpeg 3000] [--clients confluent,kafka-python]
+    .venv/bin/python bench/bench_producer.py [--png 30000] [--jpeg 3000] [--clients confluent,kafka-python] [--plots DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from imagetag import plots
 from imagetag.errors import ImagetagError
 from imagetag.kafka_admin import delete_topics, ensure_topics
 from imagetag.settings import Settings
@@ -41,6 +45,8 @@ from producers.producer import CONFLUENT_DEFAULTS
 
 PERF_CLASS = "org.apache.kafka.tools.ProducerPerformance"
 PERF_LINE = re.compile(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\)")
+PLOTS_DIR = Path(__file__).resolve().parent / "out"  # ignored by git
+PERF_TEST = "ProducerPerformance"
 
 
 @dataclass
@@ -176,6 +182,37 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def plot_groups(rows: list[Row]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """The table as bar-chart inputs: measure (``images/s``, ``MB/s``) -> workload -> client
+    (and ``ProducerPerformance``, once per workload, when it ran) -> value."""
+    groups: dict[str, dict[str, dict[str, float | None]]] = {"images/s": {}, "MB/s": {}}
+    for row in rows:
+        per_s = groups["images/s"].setdefault(row.workload, {})
+        mb_s = groups["MB/s"].setdefault(row.workload, {})
+        per_s[row.client], mb_s[row.client] = row.images_per_s, row.mb_per_s
+        if row.perf_records_per_s:
+            per_s[PERF_TEST], mb_s[PERF_TEST] = row.perf_records_per_s, row.perf_mb_per_s
+    return groups
+
+
+def write_plots(folder: Path, rows: list[Row]) -> list[Path]:
+    """``producer-images.png`` and ``producer-mb.png`` (the table's images/s and MB/s as bars)
+    in ``folder``; returns the paths written. A plot that fails is a warning on stderr."""
+    groups = plot_groups(rows)
+    pngs = plots.render(
+        {
+            "producer-images.png": lambda: plots.throughput_bars_png(
+                groups["images/s"], title="ImageProducer send + flush", ylabel="images/s"
+            ),
+            "producer-mb.png": lambda: plots.throughput_bars_png(
+                groups["MB/s"], title="ImageProducer send + flush", ylabel="MB/s (10^6 bytes)"
+            ),
+        },
+        warn=lambda message: print(f"bench_producer: plot {message}", file=sys.stderr),
+    )
+    return plots.save_pngs(folder, pngs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--png", type=int, default=30_000, help="32×32 PNGs to send")
@@ -189,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clients", default="confluent,kafka-python")
     parser.add_argument("--no-perf-test", action="store_true")
+    parser.add_argument("--plots", type=Path, default=PLOTS_DIR, help="folder for the PNGs")
     args = parser.parse_args(argv)
 
     settings = Settings.load()
@@ -240,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             + ", one request in flight (its idempotent mode), CRC-32C of every record batch "
             + ("in C (crc32c module)" if _has_crc32c() else "in pure Python")
         )
+    written = write_plots(args.plots, rows)
+    print("\nplots: " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -9,10 +9,14 @@ Prints two tables:
    measured stream throughput with a 1 s trigger, after a warm-up of 200 images (the first
    batch's start-up is not the steady state).
 
+and writes them as PNGs into ``--plots DIR`` (default ``bench/out/``): the latency histogram
+(p50 / p99 marked), the throughput bars, and the stream's images/s over time while it drained
+the topic.
+
 Runs on the local stack (started if needed) with its own topics and collection; needs a model
 in the model store (`imagetag train`, or `make demo` which trains one).
 
-    .venv/bin/python bench/bench_stream.py [--images 4000] [--latency-seconds 60]
+    .venv/bin/python bench/bench_stream.py [--images 4000] [--latency-seconds 60] [--plots DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -32,6 +37,7 @@ import numpy as np
 import pandas as pd
 import requests
 
+from imagetag import plots
 from imagetag.kafka_admin import count_records
 from imagetag.settings import Settings
 from imagetag.stack import LocalStack
@@ -39,6 +45,7 @@ from imagetag.testing.samples import fashion_images
 from imagetag.testing.services import isolated_settings, solr_count
 
 IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
+PLOTS_DIR = Path(__file__).resolve().parent / "out"  # ignored by git
 
 
 def raw_loop(settings: Settings, data: list[tuple[bytes, str]]) -> float:
@@ -109,7 +116,14 @@ def produce(
     return sent
 
 
-def stream_throughput(settings: Settings, data: list[tuple[bytes, str]], log: Path) -> float:
+def stream_throughput(
+    settings: Settings,
+    data: list[tuple[bytes, str]],
+    log: Path,
+    progress: list[tuple[float, float]] | None = None,
+) -> float:
+    """images/s of the stream draining ``data``; appends (s since the first result, images
+    done since) to ``progress`` at each poll."""
     produce(settings, data)
     distinct = len({hashlib.sha256(d).hexdigest() for d, _ in data})
     process = start_stream(settings, log)
@@ -120,6 +134,8 @@ def stream_throughput(settings: Settings, data: list[tuple[bytes, str]], log: Pa
             now = time.monotonic()
             if done and first is None:
                 first = (now, done)
+            if first is not None and progress is not None:
+                progress.append((now - first[0], done - first[1]))
             if done >= distinct:
                 last = (now, done)
                 break
@@ -208,6 +224,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--plots", type=Path, default=PLOTS_DIR, help="folder for the PNGs")
     args = parser.parse_args()
     settings = Settings.load()
     LocalStack(settings).up()
@@ -217,8 +234,9 @@ def main() -> int:
     data = fashion_images(args.images)
 
     raw = raw_loop(settings, data)
+    timeline: list[tuple[float, float]] = []
     with isolated_run(settings, "tput", tmp) as run:
-        stream = stream_throughput(run, data, tmp / "stream-throughput.log")
+        stream = stream_throughput(run, data, tmp / "stream-throughput.log", timeline)
     print("\nthroughput (Fashion-MNIST 28x28 PNG)")
     print(f"{'path':<34} {'images/s':>9} {'cores':>6} {'images/s/core':>14}")
     print(f"{'tag_batch loop, one process':<34} {raw:>9.0f} {1:>6} {raw:>14.0f}")
@@ -238,7 +256,52 @@ def main() -> int:
     )
     print(f"{'images measured':<20} {'p50 (s)':>8} {'p99 (s)':>8}")
     print(f"{len(lat):<20} {p50:>8.2f} {p99:>8.2f}")
+    written = write_plots(
+        args.plots,
+        latencies_s={"stream": lat},
+        rates={"tag_batch loop": (raw, 1), f"stream {settings.spark.master}": (stream, cores)},
+        progress={"stream": timeline},
+        subtitle=f"{rate:.0f} images/s, trigger {settings.spark.trigger_seconds:.0f}s",
+    )
+    print("\nplots: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def write_plots(
+    folder: Path,
+    latencies_s: Mapping[str, Sequence[float]],
+    rates: Mapping[str, tuple[float, int]],
+    progress: Mapping[str, Sequence[tuple[float, float]]],
+    subtitle: str = "",
+) -> list[Path]:
+    """The tables as PNGs in ``folder``; returns the paths written.
+
+    ``latencies_s``: produce -> searchable latencies per series (``stream``, ...) ->
+    ``stream-latency.png``; ``rates``: path -> (images/s, cores) ->
+    ``stream-throughput.png`` (images/s and images/s per core); ``progress``: per series,
+    (s, images done) samples -> ``stream-timeline.png`` (images/s over time). A plot that
+    fails is a warning on stderr.
+    """
+    title = "latency produce -> searchable" + (f" ({subtitle})" if subtitle else "")
+    bars = {
+        "images/s": {path: per_s for path, (per_s, _) in rates.items()},
+        "images/s per core": {path: per_s / max(n, 1) for path, (per_s, n) in rates.items()},
+    }
+    pngs = plots.render(
+        {
+            "stream-latency.png": lambda: plots.latency_histogram_png(latencies_s, title=title),
+            "stream-throughput.png": lambda: plots.throughput_bars_png(
+                bars, title="throughput (Fashion-MNIST 28x28 PNG)"
+            ),
+            "stream-timeline.png": lambda: plots.throughput_png(
+                {label: plots.rates_over_time(p) for label, p in progress.items()},
+                title="stream draining a pre-filled topic",
+                xlabel="s since the first result",
+            ),
+        },
+        warn=lambda message: print(f"bench_stream: plot {message}", file=sys.stderr),
+    )
+    return plots.save_pngs(folder, pngs)
 
 
 if __name__ == "__main__":

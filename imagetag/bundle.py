@@ -8,6 +8,8 @@ Layout of a store (a local folder or any Hadoop filesystem URI Spark can write):
     <store>/v0003/forest/                 forest.npz + forest.json (the compiled Forest)
     <store>/v0003/spark/kmeans/           the Spark KMeansModel, as Spark saves it
     <store>/v0003/spark/forest/           the Spark RandomForestClassificationModel
+    <store>/v0003/confusion.png           plots of the held-out evaluation, written by training
+    <store>/v0003/threshold.png           (``ModelStore.write(bundle, files=...)``); optional
 
 A local store needs no Spark at all (the streaming hot path loads bundles with numpy only).
 Other URIs (``hdfs://``, ``s3a://``, ...) go through Hadoop's ``FileSystem`` in the JVM of an
@@ -26,6 +28,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +49,8 @@ DICTIONARY_DIR = "dictionary"
 FOREST_DIR = "forest"
 SPARK_KMEANS_DIR = "spark/kmeans"
 SPARK_FOREST_DIR = "spark/forest"
+CONFUSION_PLOT = "confusion.png"  # the confusion matrix on the held-out split
+THRESHOLD_PLOT = "threshold.png"  # precision and coverage against the vote threshold
 BUNDLE_FORMAT = 1
 _VERSION = re.compile(r"^v(\d{4,})$")
 
@@ -384,10 +389,23 @@ class ModelStore:
             number += 1
         raise BundleError(f"model store {self.uri}: cannot allocate a new version")
 
-    def write(self, bundle: ModelBundle) -> None:
-        """Write ``bundle`` into its (allocated) version folder; the manifest goes last."""
+    def write(self, bundle: ModelBundle, files: Mapping[str, bytes] | None = None) -> None:
+        """Write ``bundle`` into its (allocated) version folder; the manifest goes last.
+
+        ``files``: more files for the folder, relative name -> bytes (the training's plots),
+        written next to the manifest and uploaded with the bundle. Raises BundleError for a
+        name that is absolute, climbs out of the folder or is one of the bundle's own."""
+        own = {MANIFEST, DICTIONARY_DIR, FOREST_DIR, "spark"}
         with tempfile.TemporaryDirectory(prefix="imagetag-bundle-") as tmp:
             bundle.save(tmp)
+            for name, data in (files or {}).items():
+                relative = Path(name)
+                parts = relative.parts
+                if not parts or relative.is_absolute() or ".." in parts or parts[0] in own:
+                    raise BundleError(f"{bundle.version}: cannot write a file named {name!r}")
+                target = Path(tmp, relative)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
             self._fs.upload(Path(tmp), bundle.version)
 
     def load(self, version: str | None = None) -> ModelBundle:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "init": "create the Kafka topics and the Solr collection + alias",
     "stream": "run the streaming tagging job (Kafka -> Spark -> Solr)",
     "search": "query Solr: images with a tag, or similar to an image",
+    "status": "one screen: services, the stream (rate, lag), Solr documents, dead letters, model",
     "config": "print the effective settings (secrets masked)",
     "produce": "send images (folders, datasets) to Kafka",
     "backfill": "tag a historical corpus with Spark (archive, folder, datasets, Kafka); re-tag",

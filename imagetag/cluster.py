@@ -45,7 +45,13 @@ from pathlib import Path
 from types import FrameType
 
 from imagetag.settings import Settings
-from imagetag.spark import connector_jars, loopback_driver_conf, spark_home, standalone_master
+from imagetag.spark import (
+    connector_jars,
+    driver_log_conf,
+    loopback_driver_conf,
+    spark_home,
+    standalone_master,
+)
 
 # The jobs spark-submit runs (the other commands need no Spark, or are the stack itself).
 SUBMITTABLE = ("stream", "backfill", "train", "retrain", "reindex")
@@ -96,6 +102,7 @@ def submit_command(settings: Settings, job: list[str], code_zip: Path) -> list[s
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         **loopback_driver_conf(settings),
+        **driver_log_conf(),
         **spark.conf,
     }
     command = [

@@ -25,8 +25,10 @@ KAFKA_COORDINATES: tuple[str, ...] = ("topic", "partition", "offset")
 #   doc   = the Solr document as JSON (tagged)
 #   key, value = the Kafka record to write (review: TagResult, dead: DeadLetter)
 #   latency_ms = tagged_at - produced_at, for the progress line
-OUTPUT_COLUMNS: tuple[str, ...] = ("kind", "id", "doc", "key", "value", "latency_ms")
-OUTPUT_SCHEMA = "kind string, id string, doc string, key binary, value binary, latency_ms long"
+OUTPUT_COLUMNS: tuple[str, ...] = ("kind", "id", "doc", "key", "value", "latency_ms", "cause")
+OUTPUT_SCHEMA = (
+    "kind string, id string, doc string, key binary, value binary, latency_ms long, cause string"
+)
 
 # -- the raw archive (Parquet under archive_dir, partitioned by ingest_date) ------------------
 # Every valid ImageEvent the stream read, bytes included: what the backfill, the re-tag and

@@ -197,3 +197,62 @@ def read_topic(
 def count_records(settings: Settings, topic: str) -> int:
     """Committed records in ``topic`` (not the watermark difference, which counts markers)."""
     return len(read_topic(settings, topic))
+
+
+class GroupOffsets:
+    """Commits a consumer group's offsets from outside a consumer (the admin API), so that
+    Kafka's lag tools (``kafka-consumer-groups.sh``, Burrow) see a job that keeps its offsets
+    elsewhere: the stream commits each finished micro-batch's end offsets here. One admin
+    client for the job's life."""
+
+    def __init__(self, settings: Settings, group: str) -> None:
+        self.settings = settings
+        self.group = group
+        self.admin = admin_client(settings)
+
+    def commit(self, topic: str, offsets: dict[int, int], timeout_s: float = 10.0) -> None:
+        """Set the group's committed offset of each partition of ``topic`` (the next offset to
+        read, as a consumer commits it). Raises KafkaException when Kafka refuses."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+        if not offsets:
+            return
+        request = ConsumerGroupTopicPartitions(
+            self.group, [TopicPartition(topic, p, o) for p, o in sorted(offsets.items())]
+        )
+        (future,) = self.admin.alter_consumer_group_offsets(
+            [request], request_timeout=timeout_s
+        ).values()
+        for part in future.result().topic_partitions:
+            if part.error is not None:
+                raise KafkaException(part.error)
+
+
+def group_lag(
+    settings: Settings, group: str, topic: str, timeout_s: float = 10.0
+) -> dict[int, tuple[int | None, int]]:
+    """{partition: (the group's committed offset or None, the partition's end offset)} of
+    ``topic``: what ``kafka-consumer-groups.sh --describe`` shows. Raises KafkaException when
+    Kafka refuses, ServiceError when the topic does not exist."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    admin = admin_client(settings)
+    found = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if found is None or found.error is not None:
+        raise ServiceError("kafka", settings.kafka.bootstrap_servers, f"no topic {topic}")
+    parts = [TopicPartition(topic, p) for p in sorted(found.partitions)]
+    ends = {
+        tp.partition: int(future.result().offset)
+        for tp, future in admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in parts}, request_timeout=timeout_s
+        ).items()
+    }
+    (future,) = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, parts)], request_timeout=timeout_s
+    ).values()
+    committed = {
+        tp.partition: (int(tp.offset) if tp.offset >= 0 else None)
+        for tp in future.result().topic_partitions
+    }
+    return {p: (committed.get(p), end) for p, end in sorted(ends.items())}

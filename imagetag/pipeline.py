@@ -76,7 +76,7 @@ def tag_frame(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings) -> 
 @dataclass
 class Tagged:
     """A batch's output rows (OUTPUT_SCHEMA, cached) and, fetched with them, (kind, latency_ms,
-    size) per row. ``quarantined`` counts the records dead-lettered as ``poison``."""
+    size, cause) per row. ``quarantined`` counts the records dead-lettered as ``poison``."""
 
     out: DataFrame
     meta: list[Any]
@@ -127,7 +127,7 @@ def tag_rows(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings, what
 def _materialize(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings) -> Tagged:
     out = tag_frame(rows, model_bc, settings)
     try:
-        meta = out.selectExpr("kind", "latency_ms", "length(value) AS size").collect()
+        meta = out.selectExpr("kind", "latency_ms", "length(value) AS size", "cause").collect()
     except BaseException:
         out.unpersist()
         raise
@@ -182,14 +182,17 @@ def _quarantine(
         for r in rows.where(_coords_filter(poison, exact=True)).select(*KAFKA_ROW).collect():
             place = (str(r.topic), int(r.partition), int(r.offset))
             key, value = dead_letter(r.key, r.value or b"", place, "tag", "poison", detail)
-            letters.append(("dead", _text(key), None, key, value, None))
+            letters.append(("dead", _text(key), None, key, value, None, "tag/poison"))
     rows.unpersist()  # the good parts' outputs are cached on their own
     spark = rows.sparkSession
     quarantined = spark.createDataFrame(letters, OUTPUT_SCHEMA)
     parts = [part.out for part in good]
     out = functools.reduce(lambda a, b: a.unionByName(b), parts, quarantined)
     meta = [m for part in good for m in part.meta]
-    meta += [Row(kind="dead", latency_ms=None, size=len(letter[4])) for letter in letters]
+    meta += [
+        Row(kind="dead", latency_ms=None, size=len(letter[4]), cause="tag/poison")
+        for letter in letters
+    ]
     return Tagged(out, meta, quarantined=len(letters), parts=parts)
 
 
@@ -323,12 +326,11 @@ def kafka_options(settings: Settings) -> dict[str, str]:
     return {f"kafka.{k}": v for k, v in settings.kafka.java_client_config().items()}
 
 
-def solr_partition(
-    settings_json: str,
-) -> Callable[[Iterable[Any]], Iterator[tuple[str, str, str]]]:
-    """mapPartitions body: upsert one partition's documents; yield the refused ones."""
+def solr_partition(settings_json: str) -> Callable[[Iterable[Any]], Iterator[tuple[Any, ...]]]:
+    """mapPartitions body: upsert one partition's documents; yield ("refused", id, doc, reason)
+    per document Solr refused, then ("stalled", "", retries, seconds waited for Solr)."""
 
-    def write(rows: Iterable[Any]) -> Iterator[tuple[str, str, str]]:
+    def write(rows: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
         from imagetag.solr import SolrWriter
 
         settings = Settings.from_executors(settings_json)
@@ -337,7 +339,9 @@ def solr_partition(
             return
         result = SolrWriter(settings).write(docs)
         for doc, reason in result.rejected:
-            yield doc["id"], json.dumps(doc), reason
+            yield "refused", doc["id"], json.dumps(doc), reason
+        if result.retries:
+            yield "stalled", "", result.retries, result.stalled_s
 
     return write
 
@@ -354,11 +358,16 @@ COLLECT_MAX_BYTES = 64 * 2**20
 
 @dataclass
 class Written:
-    """What a batch wrote: counts by kind (tagged, review, dead) and the tagged images'
-    produce-to-tag latencies (ms)."""
+    """What a batch wrote: counts by kind (tagged, review, dead, quarantined), dead letters by
+    ``stage/reason``, the tagged images' produce-to-tag latencies (ms), the seconds each phase
+    took (solr, kafka; the caller adds tag), and the Solr writes retried and seconds stalled."""
 
     counts: dict[str, int]
     latencies_ms: list[int]
+    dead_reasons: dict[str, int] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    solr_retries: int = 0
+    solr_stalled_s: float = 0.0
 
 
 def write_outputs(
@@ -381,24 +390,32 @@ def write_outputs(
 
     out = tagged.out
     counts: dict[str, int] = {}
+    causes: dict[str, int] = {}
     sink_bytes = 0
     for row in tagged.meta:
         counts[row.kind] = counts.get(row.kind, 0) + 1
         if row.kind != "tagged":
             sink_bytes += row.size or 0
+        if row.kind == "dead":
+            causes[row.cause or "tag/unknown"] = causes.get(row.cause or "tag/unknown", 0) + 1
     latencies = [
         int(r.latency_ms) for r in tagged.meta if r.kind == "tagged" and r.latency_ms is not None
     ]
 
     settings_json = settings.for_executors()
-    refused = []
+    solr_rows: list[Any] = []
+    started = time.monotonic()
     if counts.get("tagged"):
-        refused = (
+        solr_rows = (
             out.where("kind = 'tagged'")
             .select("doc")
             .rdd.mapPartitions(solr_partition(settings_json))
             .collect()
         )
+    phases = {"solr": time.monotonic() - started}
+    refused = [row[1:] for row in solr_rows if row[0] == "refused"]
+    stalls = [row[2:] for row in solr_rows if row[0] == "stalled"]
+    started = time.monotonic()
     appended = counts.get("review", 0) + counts.get("dead", 0) if appends else 0
     if (appended or refused) and not sink.done(token):
         topics = {"review": settings.kafka.topic_review, "dead": settings.kafka.topic_dlq}
@@ -421,8 +438,18 @@ def write_outputs(
         sink.write(token, itertools.chain(records, letters))
     elif appended or refused:
         log.info("batch %s: review and dead letters were committed before; not again", token)
+    phases["kafka"] = time.monotonic() - started
     counts["tagged"] = counts.get("tagged", 0) - len(refused)
     counts["dead"] = counts.get("dead", 0) + len(refused)
+    if refused:
+        causes["index/solr_refused"] = causes.get("index/solr_refused", 0) + len(refused)
     if tagged.quarantined:
         counts["quarantined"] = tagged.quarantined
-    return Written(counts, latencies)
+    return Written(
+        counts,
+        latencies,
+        causes,
+        phases,
+        solr_retries=sum(int(n) for n, _ in stalls),
+        solr_stalled_s=sum(float(s) for _, s in stalls),
+    )

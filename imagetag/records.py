@@ -88,8 +88,9 @@ def dead_letter(
     return (None if key is None else bytes(key)), serialize(letter)
 
 
-def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | None, bytes]]]:
-    """Kafka rows -> (ImageEvents as a frame, dead letters for records that are not ImageEvents).
+def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | None, bytes, str]]]:
+    """Kafka rows -> (ImageEvents as a frame, dead letters (key, value, ``stage/reason``) for
+    records that are not ImageEvents).
 
     A record is dead when its value is not an ImageEvent (bad Avro, unknown schema), when its
     id is not the sha256 of its image bytes (the id is the Solr document id: it must be honest),
@@ -97,7 +98,7 @@ def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | 
     raises while one record is decoded makes that record dead (``internal_error``).
     """
     events: list[dict[str, Any]] = []
-    dead: list[tuple[bytes | None, bytes]] = []
+    dead: list[tuple[bytes | None, bytes, str]] = []
     for key, value, topic, partition, offset, timestamp in zip(
         *(rows[column] for column in KAFKA_COLUMNS), strict=True
     ):
@@ -105,10 +106,12 @@ def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | 
         try:
             events.append(_decode_event(key, value, coords, timestamp))
         except RecordError as err:
-            dead.append(dead_letter(key, value or b"", coords, err.stage, err.reason, err.detail))
+            letter = dead_letter(key, value or b"", coords, err.stage, err.reason, err.detail)
+            dead.append((*letter, f"{err.stage}/{err.reason}"))
         except Exception as exc:  # isolation: this record, and only it, is dead
             detail = f"{type(exc).__name__}: {exc}"
-            dead.append(dead_letter(key, value or b"", coords, "avro", INTERNAL_ERROR, detail))
+            letter = dead_letter(key, value or b"", coords, "avro", INTERNAL_ERROR, detail)
+            dead.append((*letter, f"avro/{INTERNAL_ERROR}"))
     return pd.DataFrame(events), dead
 
 
@@ -170,14 +173,18 @@ def _tag_result(row: dict[str, Any], event: dict[str, Any], threshold: float) ->
     }
 
 
-OutputRow = tuple[str, str, str | None, bytes | None, bytes | None, int | None]
+# kind, id, doc (tagged), Kafka key and value (review, dead), latency_ms (tagged), cause (dead:
+# "stage/reason", what the metrics count dead letters by)
+OutputRow = tuple[str, str, str | None, bytes | None, bytes | None, int | None, str | None]
 
 
 def tag_kafka_rows(rows: pd.DataFrame, model: Any, settings: Settings) -> pd.DataFrame:
     """Kafka rows -> one output row each: tagged (a Solr doc), review (a TagResult) or dead
     (a DeadLetter with the original key and value)."""
     events, dead = decode_events(rows)
-    out = [("dead", "", None, key, value, None) for key, value in dead]
+    out: list[OutputRow] = [
+        ("dead", "", None, key, value, None, cause) for key, value, cause in dead
+    ]
     return pd.DataFrame(out + _tag_event_rows(events, model, settings), columns=OUTPUT_COLUMNS)
 
 
@@ -261,11 +268,11 @@ def _output_row(
         produced = event.get("produced_at")
         tagged_at = epoch_ms(row.get("tagged_at")) or now_ms()
         latency = tagged_at - produced if produced else None
-        return ("tagged", row["id"], json.dumps(to_solr_doc(row)), None, None, latency)
+        return ("tagged", row["id"], json.dumps(to_solr_doc(row)), None, None, latency, None)
     if kind == "review":
         _, serialize_result, _ = _serde()
         value = serialize_result(_tag_result(row, event, settings.vote_threshold))
-        return ("review", row["id"], None, row["id"].encode(), value, None)
+        return ("review", row["id"], None, row["id"].encode(), value, None, None)
     return _dead_output(
         event,
         str(row.get("stage") or "decode"),
@@ -280,7 +287,7 @@ def _dead_output(event: dict[str, Any], stage: str, reason: str, detail: str) ->
     key, value = dead_letter(
         event["kafka_key"], event["kafka_value"], coords, stage, reason, detail
     )
-    return ("dead", event["id"], None, key, value, None)
+    return ("dead", event["id"], None, key, value, None, f"{stage}/{reason}")
 
 
 def dead_letter_for_refused_doc(

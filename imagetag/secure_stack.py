@@ -168,9 +168,12 @@ def kafka_acls(settings: Settings) -> list[tuple[str, str, str, str, str]]:
     for name in sinks:
         topic("stream", name, "READ", "WRITE")
     transactions_and_groups("stream")
+    # the group the stream commits its progress to, for Kafka's lag tools (kafka.stream_group)
+    acls.append(("stream", "GROUP", "LITERAL", kafka.stream_group, "READ"))
     for name in (kafka.topic_images, *sinks):
         topic("tools", name, "READ", "WRITE")
     transactions_and_groups("tools")
+    acls.append(("tools", "GROUP", "LITERAL", kafka.stream_group, "DESCRIBE"))
     return acls
 
 

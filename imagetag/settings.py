@@ -47,6 +47,10 @@ class KafkaSettings(_Section):
     topic_review: str = "images.review"
     # Compacted, one partition: the last committed batch of each transactional sink.
     topic_ledger: str = "images.ledger"
+    # The consumer group the stream commits each finished micro-batch's end offsets to, for
+    # Kafka's own lag tools only (kafka-consumer-groups.sh, Burrow): the stream's checkpoint,
+    # not this group, says where it resumes.
+    stream_group: str = "imagetag-stream"
     partitions: int = Field(default=2, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     # Which Python client the producer uses: librdkafka's (fast, default) or pure Python.
@@ -122,6 +126,15 @@ class ImageLimits(_Section):
     max_side: int = Field(default=20_000, ge=1)
 
 
+class MetricsSettings(_Section):
+    """Prometheus endpoints (``/metrics``) of the long-running jobs. A port of null turns an
+    endpoint off; 0 takes any free port (the job logs which: the tests use it)."""
+
+    host: str = "127.0.0.1"
+    stream_port: int | None = Field(default=9108, ge=0, le=65535)
+    backfill_port: int | None = Field(default=9109, ge=0, le=65535)
+
+
 class StackSettings(_Section):
     """The embedded local stack (``imagetag stack``). Its ports come from the addresses above."""
 
@@ -157,6 +170,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     limits: ImageLimits = ImageLimits()
     stack: StackSettings = StackSettings()
+    metrics: MetricsSettings = MetricsSettings()
     model_store: str = "models"  # a local path or any Hadoop filesystem URI Spark can write
     checkpoint_dir: str = ".stack/checkpoints"
     archive_dir: str = ".stack/archive"

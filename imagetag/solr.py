@@ -52,6 +52,7 @@ class WriteResult:
     accepted: int = 0
     rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     retries: int = 0
+    stalled_s: float = 0.0  # seconds waited for an unavailable Solr
 
 
 _STATUS = re.compile(r"\(HTTP (\d{3})\)")
@@ -137,9 +138,12 @@ class SolrWriter:
         """Raises SolrError only for a refusal (4xx); waits out everything else."""
         delay = 0.5
         started = time.monotonic()
+        waited_before = False
         while True:
             try:
                 self.client.add(batch, commitWithin=self.commit_within)
+                if waited_before:
+                    result.stalled_s += time.monotonic() - started
                 return
             except pysolr.SolrError as exc:
                 status = _STATUS.search(str(exc))
@@ -161,4 +165,5 @@ class SolrWriter:
                     waited,
                 )
                 self._sleep(delay)
+                waited_before = True
                 delay = min(delay * 2, self.max_backoff_s)

@@ -6,6 +6,8 @@ The Kafka connector jars fetched by ``make setup`` (``.jvm/spark/``) are passed 
 
 from __future__ import annotations
 
+import importlib.resources
+import logging
 import os
 import sys
 from pathlib import Path
@@ -51,6 +53,16 @@ def loopback_driver_conf(settings: Settings) -> dict[str, str]:
     return {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
 
 
+def driver_log_conf() -> dict[str, str]:
+    """The driver JVM's log4j2 configuration: ours (``imagetag/log4j2-spark.properties``:
+    warnings, without the chatter of a healthy stream), unless Python logs at DEBUG
+    (``imagetag -v``), which keeps Spark's default profile. ``spark.conf`` may override it."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return {}
+    config = importlib.resources.files("imagetag") / "log4j2-spark.properties"
+    return {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={config}"}
+
+
 def connector_jars(settings: Settings) -> list[Path]:
     """The jars of Spark's Kafka source/sink, as fetched by ``make setup``.
 
@@ -91,8 +103,10 @@ def spark_session(settings: Settings, app_name: str = "imagetag") -> SparkSessio
             .config("spark.driver.memory", spark_conf.driver_memory)
             .config("spark.executor.memory", spark_conf.executor_memory)
         )
-        for key, value in loopback_driver_conf(settings).items():
+        for key, value in {**loopback_driver_conf(settings), **driver_log_conf()}.items():
             builder = builder.config(key, value)
+        if spark_conf.master.startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # bind, and look up, no other
     builder = (
         builder.config("spark.sql.shuffle.partitions", str(spark_conf.shuffle_partitions))
         .config("spark.ui.enabled", str(spark_conf.ui_enabled).lower())
@@ -107,5 +121,6 @@ def spark_session(settings: Settings, app_name: str = "imagetag") -> SparkSessio
     for key, value in spark_conf.conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("WARN")
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    session.sparkContext.setLogLevel("INFO" if verbose else "WARN")
     return session

@@ -237,6 +237,12 @@ class KafkaService(_Service):
             *args,
         ]
 
+    def tool_command(self, main: str, *args: str) -> list[str]:
+        """A Kafka tool class on the stack's Kafka jars, e.g.
+        ``org.apache.kafka.tools.consumer.group.ConsumerGroupCommand`` (what
+        ``kafka-consumer-groups.sh`` runs)."""
+        return [_java(), "-Xmx256m", "-cp", f"{self.jars}/*", main, *args]
+
     def prepare(self) -> None:
         host = self.host
         if self.settings.stack.secure:

@@ -21,6 +21,7 @@ it resumes by itself. SIGTERM stops the queries between micro-batches, and the p
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -32,7 +33,16 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from imagetag.contracts import ARCHIVE_SCHEMA, KAFKA_COLUMNS
-from imagetag.pipeline import CurrentModel, fault_summary, kafka_options, tag_rows, write_outputs
+from imagetag.kafka_admin import GroupOffsets
+from imagetag.metrics import PHASES, StreamMetrics
+from imagetag.pipeline import (
+    CurrentModel,
+    Written,
+    fault_summary,
+    kafka_options,
+    tag_rows,
+    write_outputs,
+)
 from imagetag.records import REPLAY_HEADER
 from imagetag.settings import Settings
 from imagetag.sinks import TransactionalSink
@@ -62,25 +72,25 @@ def archive_partition(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]
 
 
 class BatchStats:
-    """Counts per micro-batch, written by foreachBatch and logged by the progress listener."""
+    """What each micro-batch wrote: recorded by foreachBatch into the metrics (served on
+    ``/metrics``) and kept until the progress listener logs the batch's line."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: StreamMetrics | None = None) -> None:
         self.lock = threading.Lock()
-        self.by_batch: dict[int, dict[str, int]] = {}
+        self.metrics = metrics or StreamMetrics()
+        self.by_batch: dict[int, Written] = {}
         self.totals: dict[str, int] = {"tagged": 0, "review": 0, "dead": 0}
-        self.latencies_ms: list[int] = []
 
-    def record(self, batch_id: int, counts: dict[str, int], latencies: list[int]) -> None:
+    def record(self, batch_id: int, written: Written) -> None:
+        self.metrics.batch_written(written)
         with self.lock:
-            self.by_batch[batch_id] = counts
-            for kind, n in counts.items():
+            self.by_batch[batch_id] = written
+            for kind, n in written.counts.items():
                 self.totals[kind] = self.totals.get(kind, 0) + n
-            self.latencies_ms.extend(latencies)
-            del self.latencies_ms[:-100_000]
 
-    def pop(self, batch_id: int) -> dict[str, int]:
+    def pop(self, batch_id: int) -> Written | None:
         with self.lock:
-            return self.by_batch.pop(batch_id, {})
+            return self.by_batch.pop(batch_id, None)
 
 
 def read_images(spark: SparkSession, settings: Settings) -> DataFrame:
@@ -127,16 +137,113 @@ class BatchWriter:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         if not self.bound.wait(120) or self.sink is None:
             raise RuntimeError("the tag query never reported its id")
-        tagged = tag_rows(batch, self.models.get(), self.settings, f"batch {batch_id}")
+        started = time.monotonic()
+        model = self.models.get()
+        if self.models.version is not None:
+            self.stats.metrics.model_in_use(self.models.version)
+        tagged = tag_rows(batch, model, self.settings, f"batch {batch_id}")
         try:
+            tag_s = time.monotonic() - started
             written = write_outputs(self.settings, tagged, self.sink, str(batch_id))
-            self.stats.record(batch_id, written.counts, written.latencies_ms)
+            written.phases["tag"] = tag_s
+            self.stats.record(batch_id, written)
         finally:
             tagged.unpersist()
 
 
-def progress_listener(stats: BatchStats) -> Any:
-    """One log line per micro-batch of the tag query."""
+def source_offsets(progress_json: str | None) -> dict[str, dict[int, int]]:
+    """A Kafka source's offsets as a progress event writes them (``{"topic": {"0": 12}}``)."""
+    if not progress_json:
+        return {}
+    try:
+        parsed = json.loads(progress_json)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {
+        str(topic): {int(p): int(o) for p, o in partitions.items()}
+        for topic, partitions in parsed.items()
+        if isinstance(partitions, dict)
+    }
+
+
+def batch_line(batch_id: int, rows: int, written: Written | None, ms: int, lag: int) -> str:
+    """The one log line of a micro-batch: what it wrote, how long it and its phases took."""
+    counts = written.counts if written else {}
+    phases = written.phases if written else {}
+    quarantined = counts.get("quarantined", 0)
+    return (
+        f"batch {batch_id}: input={rows} tagged={counts.get('tagged', 0)} "
+        f"review={counts.get('review', 0)} dead={counts.get('dead', 0)}"
+        + (f" (quarantined={quarantined})" if quarantined else "")
+        + f" duration={ms}ms ("
+        + " ".join(f"{phase} {phases.get(phase, 0.0) * 1000:.0f}ms" for phase in PHASES)
+        + f") lag={lag}"
+    )
+
+
+class ProgressReporter:
+    """What the tag query's progress events feed: the batch's log line, the input lag gauge,
+    and the consumer group's committed offsets (``kafka.stream_group``) for Kafka's own lag
+    tools. The group is written after Spark recorded the batch in its checkpoint (a progress
+    event follows the batch's commit), for visibility only: the checkpoint stays the source of
+    truth on restart. A failed commit is logged and retried with the next batch."""
+
+    def __init__(self, settings: Settings, stats: BatchStats) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.committed: dict[str, dict[int, int]] = {}
+        self._group: GroupOffsets | None = None
+        self._warned = False
+
+    def progress(self, progress: Any) -> None:
+        written = self.stats.pop(progress.batchId)
+        ends: dict[str, dict[int, int]] = {}
+        lag: dict[str, int] = {}
+        for source in progress.sources:
+            end = source_offsets(source.endOffset)
+            latest = source_offsets(source.latestOffset)
+            for topic, offsets in end.items():
+                ends.setdefault(topic, {}).update(offsets)
+                for partition, offset in offsets.items():
+                    behind = latest.get(topic, {}).get(partition, offset) - offset
+                    lag[str(partition)] = max(0, behind)
+        self.stats.metrics.input_lag(lag)
+        if progress.numInputRows:
+            ms = int(progress.durationMs.get("triggerExecution", 0))
+            self.stats.metrics.batch_seconds.observe(ms / 1000)
+            log.info(
+                batch_line(progress.batchId, progress.numInputRows, written, ms, sum(lag.values()))
+            )
+            log.debug("batch %d durations: %s", progress.batchId, dict(progress.durationMs))
+        self.commit_group(ends)
+
+    def commit_group(self, ends: dict[str, dict[int, int]]) -> None:
+        from confluent_kafka import KafkaException
+
+        for topic, offsets in ends.items():
+            if self.committed.get(topic) == offsets:
+                continue
+            try:
+                if self._group is None:
+                    self._group = GroupOffsets(self.settings, self.settings.kafka.stream_group)
+                self._group.commit(topic, offsets)
+                self.committed[topic] = dict(offsets)
+                self._warned = False
+            except (KafkaException, RuntimeError) as exc:
+                if not self._warned:  # once per failure spell, not once per batch
+                    log.warning(
+                        "could not commit the stream's offsets to group %s (lag tools will "
+                        "lag behind; the checkpoint is unaffected): %s",
+                        self.settings.kafka.stream_group,
+                        exc,
+                    )
+                self._warned = True
+
+
+def progress_listener(reporter: ProgressReporter) -> Any:
+    """Hands the tag query's progress events to ``reporter``; logs the queries' lives."""
     from pyspark.sql.streaming import StreamingQueryListener
 
     class ProgressLog(StreamingQueryListener):
@@ -144,28 +251,12 @@ def progress_listener(stats: BatchStats) -> Any:
             log.info("query %s started (id %s)", event.name, event.id)
 
         def onQueryProgress(self, event: Any) -> None:
-            progress = event.progress
-            if progress.name != TAG_QUERY or progress.numInputRows == 0:
+            if event.progress.name != TAG_QUERY:
                 return
-            counts = stats.pop(progress.batchId)
-            lag = 0
-            for source in progress.sources:
-                metrics = source.metrics or {}
-                lag = max(lag, int(float(metrics.get("maxOffsetsBehindLatest", 0) or 0)))
-            duration = progress.durationMs.get("triggerExecution", 0)
-            log.debug("batch %d durations: %s", progress.batchId, dict(progress.durationMs))
-            quarantined = counts.get("quarantined", 0)
-            log.info(
-                "batch %d: input=%d tagged=%d review=%d dead=%d%s duration=%dms lag=%d",
-                progress.batchId,
-                progress.numInputRows,
-                counts.get("tagged", 0),
-                counts.get("review", 0),
-                counts.get("dead", 0),
-                f" (quarantined={quarantined})" if quarantined else "",
-                duration,
-                lag,
-            )
+            try:
+                reporter.progress(event.progress)
+            except Exception:  # a report is never worth failing the listener bus over
+                log.exception("reporting batch %s failed", event.progress.batchId)
 
         def onQueryIdle(self, event: Any) -> None:
             del event
@@ -284,7 +375,8 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
     stopper = Stopper(settings.spark.stop_timeout_seconds)
     stopper.install()
     stats = BatchStats()
-    spark.streams.addListener(progress_listener(stats))
+    stats.metrics.serve(settings.metrics.host, settings.metrics.stream_port)
+    spark.streams.addListener(progress_listener(ProgressReporter(settings, stats)))
     backoff = 1.0
     restarts = 0
     while not stopper.event.is_set():
@@ -318,8 +410,10 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
                 except Exception:  # already dead
                     log.debug("stopping %s failed", query.name, exc_info=True)
             restarts += 1
+            stats.metrics.restarts.inc()
             if max_restarts is not None and restarts > max_restarts:
                 log.error("stream failed (%s); giving up after %d restarts", exc, max_restarts)
+                stats.metrics.close()
                 return 1
             log.error("stream failed (%s); restarting from the checkpoint in %.0fs", exc, backoff)
             stopper.event.wait(backoff)
@@ -327,5 +421,6 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
         finally:
             writer.close()
     log.info("stream stopped; totals %s", stats.totals)
+    stats.metrics.close()
     spark.stop()
     return 0

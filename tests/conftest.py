@@ -40,6 +40,8 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         solr={"url": f"http://127.0.0.1:{TEST_PORTS['solr']}/solr", "commit_within_ms": 200},
         stack={"home": ".stack/test", "kafka_controller_port": TEST_PORTS["kafka_controller"]},
         spark={"driver_memory": "2g", "shuffle_partitions": 2},
+        # any free port: several streams and backfills may run at once, none on 9108 / 9109
+        metrics={"stream_port": 0, "backfill_port": 0},
         model_store=str(scratch / "models"),
         checkpoint_dir=str(scratch / "checkpoints"),
         archive_dir=str(scratch / "archive"),

@@ -50,6 +50,7 @@ from imagetag.contracts import (
 )
 from imagetag.errors import NoModelError
 from imagetag.hadoop import archive_roots, canonical, file_uri, from_hadoop, spark_path
+from imagetag.metrics import BackfillMetrics
 from imagetag.records import now_ms
 from imagetag.settings import Settings
 from imagetag.sourceformats import FORMATS, SourceKind, parts
@@ -57,6 +58,7 @@ from imagetag.sourceformats import FORMATS, SourceKind, parts
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from imagetag.pipeline import Written
     from imagetag.sinks import TransactionalSink
 
 log = logging.getLogger("imagetag.backfill")
@@ -65,10 +67,17 @@ log = logging.getLogger("imagetag.backfill")
 class Backfill:
     """One backfill run: plan, then tag and write round by round (see ``batch.backfill``)."""
 
-    def __init__(self, spark: SparkSession, settings: Settings, options: BackfillOptions) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        options: BackfillOptions,
+        metrics: BackfillMetrics | None = None,
+    ) -> None:
         self.spark = spark
         self.settings = settings
         self.options = options
+        self.metrics = metrics or BackfillMetrics()
         self.kind = options.kind or sniff_kind(options.source)
         if options.retag is not None and self.kind is not SourceKind.ARCHIVE:
             raise BackfillError("--retag re-tags from the archive: SOURCE must be 'archive'")
@@ -370,6 +379,8 @@ class Backfill:
         pending = [s for s in splits if s.key not in done]
         summary.splits_total = len(splits)
         summary.splits_skipped = len(splits) - len(pending)
+        self.metrics.planned.set(len(splits))
+        self.metrics.done.set(summary.splits_skipped)
         if opts.max_splits is not None:
             pending = pending[: opts.max_splits]
         per_round = opts.splits_per_round or max(1, self.spark.sparkContext.defaultParallelism)
@@ -390,7 +401,12 @@ class Backfill:
                 model_bc = models.get()
                 if models.version and models.version not in summary.model_versions:
                     summary.model_versions.append(models.version)
-                counts = self._run_round(round_splits, token, model_bc)
+                if models.version:
+                    self.metrics.model_in_use(models.version)
+                round_started = time.monotonic()
+                written = self._run_round(round_splits, token, model_bc)
+                self._measure(written, time.monotonic() - round_started, len(round_splits))
+                counts = written.counts
                 for split in round_splits:
                     self.state.finish(split, counts)
                 summary.splits_done += len(round_splits)
@@ -432,7 +448,12 @@ class Backfill:
         for round_splits in rounds([s for s in pending if s.key not in written], per_round):
             yield round_splits, round_token(round_splits)
 
-    def _run_round(self, splits: Sequence[Split], token: str, model_bc: Any) -> dict[str, int]:
+    def _measure(self, written: Written, seconds: float, splits: int) -> None:
+        self.metrics.batch_written(written)
+        self.metrics.batch_seconds.observe(seconds)
+        self.metrics.done.inc(splits)
+
+    def _run_round(self, splits: Sequence[Split], token: str, model_bc: Any) -> Written:
         """Read, archive, tag and write one round; a round that fails deterministically is
         narrowed down and its poison records dead-lettered (``pipeline.tag_rows``)."""
         from pyspark import StorageLevel
@@ -444,12 +465,15 @@ class Backfill:
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             self._archive(rows, splits)
         try:
+            started = time.monotonic()
             tagged = tag_rows(rows, model_bc, self.settings, f"round {token[:60]}")
             try:
                 assert self.sink is not None
+                tag_s = time.monotonic() - started
                 written = write_outputs(
                     self.settings, tagged, self.sink, token, appends=self.options.kafka_sinks
                 )
+                written.phases["tag"] = tag_s
                 if self.options.retag:
                     settings_json = self.settings.for_executors()
                     tagged.out.where("kind != 'tagged' AND id != ''").select(
@@ -460,7 +484,7 @@ class Backfill:
         finally:
             if self.archive_output:
                 rows.unpersist()
-        return written.counts
+        return written
 
     def _archive(self, rows: DataFrame, splits: Sequence[Split]) -> None:
         """Append the round's valid ImageEvents to ``archive_dir/_backfill`` (one partition per
@@ -523,8 +547,11 @@ def run(settings: Settings, options: BackfillOptions) -> BackfillSummary:
     from imagetag.spark import spark_session
 
     spark = spark_session(settings, "imagetag-backfill")
+    metrics = BackfillMetrics()
+    metrics.serve(settings.metrics.host, settings.metrics.backfill_port)
     try:
-        return run_backfill(spark, settings, options)
+        return Backfill(spark, settings, options, metrics).run()
     finally:
+        metrics.close()
         with contextlib.suppress(Exception):
             spark.stop()

@@ -1,10 +1,49 @@
-"""Metrics of the compiled forest's hard votes on the held-out split, and their printed form."""
+"""Metrics of the compiled forest's hard votes on the held-out split, their printed form, and
+the plots that go into the bundle next to its manifest."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from imagetag.bundle import CONFUSION_PLOT, THRESHOLD_PLOT
+
+log = logging.getLogger("imagetag.train")
+
+CURVE_STEP = 0.05  # 21 points: small enough for the manifest, fine enough to choose from
+
+
+def threshold_curve(
+    truth: np.ndarray, fractions: np.ndarray, step: float = CURVE_STEP
+) -> dict[str, list[Any]]:
+    """Coverage and precision of the top tag for vote thresholds ``0, step, ..., 1``.
+
+    ``truth``: class indices (-1: a class the model does not know, always wrong);
+    ``fractions``: ``[n, C]`` vote fractions. At threshold ``t`` an image is *covered* when its
+    top vote fraction is ``>= t``; coverage is the share of all images covered, precision the
+    share of covered images whose top class (argmax, ties: first class) is the truth, None
+    when none is covered. Returns ``{"thresholds", "coverage", "precision"}``, equal-length
+    lists rounded to 4 places. Raises ValueError for a ``step`` outside (0, 1].
+    """
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    truth = np.asarray(truth, np.int64)
+    fractions = np.asarray(fractions, np.float64)
+    n = len(fractions)
+    # Rounded, so that 0.35 is the float a vote fraction of 35/100 is, not 7 * 0.05.
+    thresholds = [round(i * step, 4) for i in range(round(1 / step) + 1)]
+    confidence = fractions.max(axis=1) if n else np.zeros(0)
+    right = fractions.argmax(axis=1) == truth if n else np.zeros(0, bool)
+    coverage: list[float] = []
+    precision: list[float | None] = []
+    for t in thresholds:
+        covered = confidence >= t
+        coverage.append(round(float(covered.mean()), 4) if n else 0.0)
+        precision.append(round(float(right[covered].mean()), 4) if covered.any() else None)
+    return {"thresholds": thresholds, "coverage": coverage, "precision": precision}
 
 
 def classification_metrics(
@@ -53,6 +92,7 @@ def classification_metrics(
             round(float((predicted[covered] == truth[covered]).mean()), 4) if covered.any() else 0.0
         ),
         "mean_confidence": round(float(confidence.mean()), 4) if n else 0.0,
+        "threshold_curve": threshold_curve(truth, fractions),
     }
 
 
@@ -79,3 +119,33 @@ def format_metrics(metrics: dict[str, Any]) -> list[str]:
     for name, row in zip(classes, metrics["confusion"]["matrix"], strict=True):
         lines.append(f"{name[:14]:<14}" + "".join(f"{v:>{width}d}" for v in row))
     return lines
+
+
+def metrics_plots(
+    metrics: dict[str, Any], warn: Callable[[str], None] | None = None
+) -> dict[str, bytes]:
+    """The bundle's plots drawn from ``classification_metrics``' output: file name -> PNG
+    bytes for ``confusion.png`` (the confusion matrix) and ``threshold.png`` (precision and
+    coverage against the vote threshold, the bundle's threshold marked). A plot whose data is
+    missing or whose drawing fails is left out and reported through ``warn`` (default: a
+    warning in the log): plots never fail a training."""
+    from imagetag import plots
+
+    def confusion() -> bytes:
+        return plots.confusion_png(
+            metrics["confusion"]["classes"],
+            metrics["confusion"]["matrix"],
+            title="confusion on the held-out split (rows: truth, columns: predicted)",
+        )
+
+    def threshold() -> bytes:
+        return plots.threshold_png(
+            metrics["threshold_curve"],
+            float(metrics["threshold"]),
+            title=f"top tag on the held-out split ({metrics['test_images']} images)",
+        )
+
+    return plots.render(
+        {CONFUSION_PLOT: confusion, THRESHOLD_PLOT: threshold},
+        warn or (lambda message: log.warning("bundle plot %s", message)),
+    )

@@ -7,6 +7,7 @@ each takes the run and the results of the stages before it and returns a small f
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from batch.training.corpus import SHARD_SIZE, Corpus, plan_corpus, read_shard
-from batch.training.metrics import classification_metrics, format_metrics
+from batch.training.metrics import classification_metrics, format_metrics, metrics_plots
 from batch.training.options import TrainError, TrainOptions
 from batch.training.workers import (
     EVAL_SCHEMA,
@@ -45,6 +46,8 @@ from imagetag.settings import ImageLimits, Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("imagetag.train")
 
 
 def driver_jvm_pid(spark: SparkSession) -> int | None:
@@ -314,7 +317,8 @@ def bundle_stage(
     metrics: dict[str, Any],
     memory: MemoryWatch,
 ) -> Bundled:
-    """8. The manifest (with the stage timings and peak memory so far) and bundle written;
+    """8. The manifest (with the stage timings and peak memory so far) and bundle written,
+    with the evaluation's plots next to the manifest (a plot that fails is a warning);
     promoted as the options' policy decides."""
     options, progress, store, corpus = run.options, run.progress, run.store, shards.corpus
     metrics["timings_s"] = dict(progress.timings)
@@ -347,11 +351,21 @@ def bundle_stage(
     manifest["memory"] = memory.report()
     manifest["metrics"]["timings_s"]["total"] = round(progress.total, 1)
     manifest["promoted"] = promoted
-    store.write(bundle)
+    plots = metrics_plots(metrics, warn=lambda message: _plot_warning(progress, message))
+    manifest["files"].update({name.removesuffix(".png") + "_plot": name for name in plots})
+    store.write(bundle, files=plots)
     if promoted:
         store.promote(compiled.version)
+    if plots:
+        progress.note("plots: " + ", ".join(store.path(compiled.version, name) for name in plots))
     progress.note(("promoted: " if promoted else "not promoted: ") + reason)
     return Bundled(manifest, promoted, reason)
+
+
+def _plot_warning(progress: Progress, message: str) -> None:
+    """A plot that could not be drawn: a warning in the log and a note, and training goes on."""
+    log.warning("bundle plot %s", message)
+    progress.note(f"warning: plot {message}")
 
 
 def report_totals(progress: Progress, manifest: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """``imagetag model``: the bundles in the model store.
 
 - ``imagetag model list``: every complete version, oldest first; ``*`` marks CURRENT.
-- ``imagetag model show [VERSION]``: the manifest of VERSION (default: CURRENT) as JSON.
+- ``imagetag model show [VERSION]``: the manifest of VERSION (default: CURRENT) as JSON on
+  stdout; where its plots are (``confusion.png``, ``threshold.png``) on stderr.
 - ``imagetag model promote VERSION``: point CURRENT at VERSION (atomic switch).
 
 A local store needs no Spark; a Hadoop filesystem URI starts a Spark session to reach it.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 from imagetag.settings import Settings
@@ -53,6 +55,16 @@ def _summary(manifest: dict[str, Any]) -> str:
     return "  ".join(p for p in parts if p)
 
 
+def plot_paths(store: ModelStore, manifest: dict[str, Any]) -> list[str]:
+    """Where the plots a manifest lists (``files``: ``*_plot``) are in ``store``."""
+    files = manifest.get("files", {})
+    return [
+        store.path(manifest["version"], str(files[key]))
+        for key in sorted(files)
+        if key.endswith("_plot")
+    ]
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
     if args.action == "list":
@@ -65,7 +77,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{mark} {version}  {_summary(store.manifest(version))}")
         return 0
     if args.action == "show":
-        print(json.dumps(store.manifest(args.version), indent=2, sort_keys=True))
+        manifest = store.manifest(args.version)
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+        for path in plot_paths(store, manifest):
+            print(f"plot: {path}", file=sys.stderr)  # stderr: stdout stays one JSON document
         return 0
     store.promote(args.version)
     print(f"CURRENT -> {args.version}")

@@ -35,7 +35,10 @@ def isolated_settings(settings: Settings, base: str, **changes: Any) -> Iterator
     error) when Kafka or Solr refuses; ValueError if a topic would not be renamed (deleting it
     afterwards would delete the shared one)."""
     derived = settings.derive(
-        kafka={name: f"{base}.{name.removeprefix('topic_')}" for name in _TOPIC_FIELDS},
+        kafka={
+            **{name: f"{base}.{name.removeprefix('topic_')}" for name in _TOPIC_FIELDS},
+            "stream_group": f"{base}.stream",
+        },
         solr={"collection": base},
         **changes,
     )

@@ -4,6 +4,7 @@ readers of Solr and Kafka that count what the stream wrote (``imagetag.testing.s
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from imagetag.kafka_admin import group_lag
 from imagetag.settings import Settings
 from imagetag.testing import services
 from producers import ImageProducer
@@ -92,6 +94,17 @@ class StreamProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """A scrape of the stream's ``/metrics``, at the address it logged (the tests give it
+        port 0: any free port)."""
+        from imagetag.metrics import parse
+
+        urls = re.findall(r"metrics on (http://\S+/metrics)", self.log())
+        assert urls, "the stream logged no metrics address"
+        response = requests.get(urls[-1], timeout=10)
+        response.raise_for_status()
+        return parse(response.text)
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
@@ -166,6 +179,7 @@ def stream_settings(isolated_settings: Settings, model_store: str, tmp_path: Pat
         checkpoint_dir=str(tmp_path / "checkpoints"),
         archive_dir=str(tmp_path / "archive"),
         spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 200},
+        metrics={"stream_port": 0},
     )
 
 
@@ -184,6 +198,19 @@ def accounted(settings: Settings, valid: int, dead: int) -> Callable[[], bool]:
         return solr_count(settings) + review >= valid and dlq >= dead
 
     return check
+
+
+def metric(
+    scrape: dict[str, list[tuple[dict[str, str], float]]], name: str, label: str
+) -> dict[str, float]:
+    """One labelled metric of a scrape as {label value: value}."""
+    return {labels[label]: value for labels, value in scrape.get(name, [])}
+
+
+def group_caught_up(settings: Settings) -> bool:
+    """Has the stream's consumer group committed every partition's end offset?"""
+    lag = group_lag(settings, settings.kafka.stream_group, settings.kafka.topic_images)
+    return bool(lag) and all(committed == end for committed, end in lag.values())
 
 
 def assert_exact(settings: Settings, ids: set[str], dead: int) -> None:

@@ -19,6 +19,7 @@ from tests.e2e.conftest import (
     StreamProcess,
     accounted,
     assert_exact,
+    group_caught_up,
     produce,
     run_imagetag,
     solr_count,
@@ -43,6 +44,7 @@ def test_produce_stream_search_with_credentials_and_nothing_without(
         checkpoint_dir=str(tmp_path / "checkpoints"),
         archive_dir=str(tmp_path / "archive"),
         spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 200},
+        metrics={"stream_port": 0},
     )
     init = run_imagetag(as_component(base, "admin"), "init", timeout_s=120)
     assert init.returncode == 0, init.stdout + init.stderr
@@ -53,6 +55,8 @@ def test_produce_stream_search_with_credentials_and_nothing_without(
     checker = as_component(base, "backfill")  # reads every topic, reads Solr
     wait_until(accounted(checker, len(ids), 0), 300, "the secured stream to tag 120 images")
     assert_exact(checker, ids, dead=0)
+    # the stream (its own user) commits its progress to its group; the tools user reads the lag
+    wait_until(lambda: group_caught_up(checker), 60, "the stream's consumer group to catch up")
     assert stream.stop() == 0, stream.log()[-3000:]
     tagged = solr_count(checker)
 

@@ -6,19 +6,23 @@ checkpoints and archive, with a model trained once per session on a Fashion-MNIS
 
 from __future__ import annotations
 
+import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from imagetag.avro import AvroDeserializer, AvroSerializer
 from imagetag.settings import Settings
-from imagetag.stack import SolrService
+from imagetag.stack import KafkaService, SolrService
 from imagetag.testing.samples import fashion_images
 from imagetag.testing.services import solr_docs, topic_records
 from tests.e2e.conftest import (
     StreamProcess,
     accounted,
     assert_exact,
+    group_caught_up,
+    metric,
     produce,
     raw_send,
     sha256,
@@ -54,8 +58,27 @@ def corrupt_records(settings: Settings) -> list[tuple[bytes | None, bytes]]:
     ]
 
 
+def consumer_groups_describe(stack_settings: Settings, settings: Settings) -> str:
+    """``kafka-consumer-groups.sh --describe`` of the stream's group: Kafka's own tool class,
+    run from the stack's Kafka jars."""
+    kafka = KafkaService(stack_settings, stack_settings.stack.home.resolve())
+    command = kafka.tool_command(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        "--bootstrap-server",
+        settings.kafka.bootstrap_servers,
+        "--describe",
+        "--group",
+        settings.kafka.stream_group,
+    )
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def test_every_image_is_accounted_for_exactly_once(
-    stream_settings: Settings, stream_factory: Callable[[Settings], StreamProcess]
+    stream_settings: Settings,
+    stream_factory: Callable[[Settings], StreamProcess],
+    settings: Settings,
 ) -> None:
     images = fashion_images(300)
     duplicates = images[:7]
@@ -77,6 +100,46 @@ def test_every_image_is_accounted_for_exactly_once(
     reasons = {letter["reason"] for letter in letters}
     assert {"bad_magic", "id_mismatch"} <= reasons
     assert all(letter["detail"] or letter["reason"] for letter in letters)
+
+    # The stream's metrics count what the sinks hold: tagged + review + dead = sent (less the
+    # duplicates), dead letters by stage and reason as the letters say, a latency per tagged
+    # image; and its consumer group, which Kafka's own tools read, caught up.
+    review = len(topic_records(stream_settings, stream_settings.kafka.topic_review))
+    scrape = stream.metrics()
+    assert metric(scrape, "imagetag_stream_records_total", "outcome") == {
+        "tagged": solr_count(stream_settings),
+        "review": review,
+        "dead": len(bad),
+    }
+    assert sum(metric(scrape, "imagetag_stream_records_total", "outcome").values()) == len(
+        ids
+    ) + len(bad)
+    by_reason = Counter((letter["stage"], letter["reason"]) for letter in letters)
+    dead = scrape["imagetag_stream_dead_letters_total"]
+    assert {(labels["stage"], labels["reason"]): n for labels, n in dead} == by_reason
+    tagged = metric(scrape, "imagetag_stream_records_total", "outcome")["tagged"]
+    assert scrape["imagetag_stream_produce_to_tagged_seconds_count"][0][1] == tagged
+    batches = scrape["imagetag_stream_batches_total"][0][1]
+    phases = metric(scrape, "imagetag_stream_phase_duration_seconds_count", "phase")
+    assert batches >= 1 and phases == {"tag": batches, "solr": batches, "kafka": batches}
+    assert time.time() - scrape["imagetag_stream_last_batch_timestamp_seconds"][0][1] < 300
+    assert list(metric(scrape, "imagetag_stream_model_info", "version").values()) == [1.0]
+    wait_until(lambda: group_caught_up(stream_settings), 60, "the consumer group to catch up")
+    wait_until(
+        lambda: not any(
+            metric(stream.metrics(), "imagetag_stream_input_lag_records", "partition").values()
+        ),
+        60,
+        "the lag gauge to reach 0",
+    )
+    described = consumer_groups_describe(settings, stream_settings)
+    rows = [
+        line.split()
+        for line in described.splitlines()
+        if stream_settings.kafka.topic_images in line
+    ]
+    assert len(rows) == stream_settings.kafka.partitions, described
+    assert all(row[5] == "0" for row in rows), described  # GROUP TOPIC PARTITION CURRENT END LAG
     assert stream.stop() == 0
     assert "batch " in stream.log() and " tagged=" in stream.log()
 
@@ -124,6 +187,9 @@ def test_solr_outage_stalls_and_resumes(
     wait_until(accounted(stream_settings, len(first | second), 0), 300, "the stalled images")
     assert_exact(stream_settings, first | second, dead=0)
     assert "solr at" in stream.log() and "retrying" in stream.log()
+    scrape = stream.metrics()
+    assert scrape["imagetag_stream_solr_retries_total"][0][1] >= 1
+    assert scrape["imagetag_stream_solr_outage_seconds_total"][0][1] >= 10  # down for 30 s
     assert stream.stop() == 0
 
 
