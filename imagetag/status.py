@@ -6,7 +6,9 @@ Each section is gathered on its own, in parallel, with short timeouts (``StatusO
 a section that fails becomes a line saying why: a service that is down, refuses our user or
 answers nonsense is shown as such, never as a traceback. The sections that read Kafka (the
 consumer group's lag, the review and dead-letter counts) run only once Kafka has answered, so a
-broker that is down costs one timeout, not one per section.
+broker that is down costs one timeout, not one per section. The figures are read at moments a
+few seconds apart (the stream's come from the second scrape, after the rate window), so while
+the stream runs Solr's count may trail its tagged count by a batch.
 
 Choices, and why:
 
@@ -25,10 +27,14 @@ Choices, and why:
   answers with the stream's metrics. Its **rate** is the number of images its counters
   (``imagetag_stream_records_total``, every outcome) advanced between two scrapes
   ``rate_window_s`` apart, divided by the time between them: the current rate, as Prometheus'
-  ``rate()`` computes it. The counters move when a micro-batch ends, so a window shorter than
-  a batch shows 0 or a burst; the average since the stream started (from the counter's
-  ``_created`` sample, the time the stream's metrics were created) is shown beside it, and the
-  Grafana dashboard's ``rate(...[5m])`` is the smooth figure.
+  ``rate()`` computes it, without waiting for a second Prometheus scrape or needing the
+  process's start time (the stream's registry has no process collector). The counters move
+  when a micro-batch ends, so a window shorter than a batch shows 0 or a burst: status says
+  how many batches ended in the window ("no batch ended in it" explains a 0 while a long batch
+  runs), and shows beside it the average since the stream started (the counter's ``_created``
+  sample is when the stream's metrics were created); the Grafana dashboard's
+  ``rate(...[5m])`` is the smooth figure. Waiting for a batch to end would make status as
+  slow as a batch (a minute under load), so the window is short (``--window``, 2 s).
 - **Lag** comes from two places: the consumer group the stream commits each finished batch's
   end offsets to (``kafka.stream_group``: it is there when the stream is down, and it is what
   Kafka's own lag tools show), and the stream's own gauge (``imagetag_stream_input_lag_records``,
@@ -183,7 +189,8 @@ class StreamState:
 
     ``alive``: the endpoint answered with the stream's metrics (else ``reason`` says why and
     the figures are None). ``rate_per_s``: images per second over the ``rate_window_s`` between
-    two scrapes; ``average_per_s`` since ``started_at``; ``lag``: the stream's gauge per
+    two scrapes, in which ``rate_window_batches`` batches ended (0: the rate is 0 because no
+    batch ended, not because the stream is idle); ``average_per_s`` since ``started_at``; ``lag``: the stream's gauge per
     partition; ``group``: the consumer group's lag (None: not read, Kafka is down).
     """
 
@@ -193,6 +200,7 @@ class StreamState:
     last_batch_age_s: float | None = None
     rate_per_s: float | None = None
     rate_window_s: float | None = None
+    rate_window_batches: int | None = None
     average_per_s: float | None = None
     started_at: float | None = None
     batches: int | None = None
@@ -217,6 +225,7 @@ class StreamState:
             "last_batch_age_s": _round(self.last_batch_age_s),
             "rate_per_s": _round(self.rate_per_s),
             "rate_window_s": _round(self.rate_window_s),
+            "rate_window_batches": self.rate_window_batches,
             "average_per_s": _round(self.average_per_s),
             "uptime_s": _round(self.uptime_s),
             "batches": self.batches,
@@ -360,7 +369,7 @@ class Status:
             services: {kafka|solr|spark|stream: {up (null: not probed), address, version,
                        detail}}
             stream: {alive, endpoint, reason, last_batch_age_s, rate_per_s, rate_window_s,
-                     average_per_s, uptime_s, batches, records: {outcome: n}, model_version,
+                     rate_window_batches, average_per_s, uptime_s, batches, records: {outcome: n}, model_version,
                      lag: {stream: {partitions: {p: n}, total},
                            group: {group, partitions: {p: {committed, end, lag}}, total,
                                    error} | null}}
@@ -454,13 +463,13 @@ def gather(settings: Settings, options: StatusOptions | None = None) -> Status:
             review_count = TopicCount(k.topic_review, error=skipped)
             dead_count = TopicCount(k.topic_dlq, error=skipped)
         solr_state, documents = solr.result()
-        stream_state = stream.result()
+        stream_now = stream.result()
     return Status(
         taken_at=time.time(),
         kafka=kafka_state,
         solr=solr_state,
         spark=spark.result(),
-        stream=replace(stream_state, group=group_state),
+        stream=replace(stream_now, group=group_state),
         documents=documents,
         review=review_count,
         dead_letters=dead_count,
@@ -617,6 +626,8 @@ def count_topic(
                 if partition not in pending or offset >= ends[partition]:
                     pending.discard(partition)
                     continue
+                if counted >= options.scan_records:
+                    break  # the bound: this record and the rest are not counted
                 counted += 1
                 if decode is not None:
                     reasons[decode(message.value())] += 1
@@ -875,10 +886,13 @@ def stream_state(
     the rest is read from the latest."""
     latest = last or first
     rate = window = None
+    ended = None
     if last is not None and last.scraped_at > first.scraped_at:
         window = last.scraped_at - first.scraped_at
         # A counter that went down is a restarted stream: its new value is all it did since.
-        done = last.images - first.images if last.images >= first.images else last.images
+        restarted = last.batches < first.batches or last.images < first.images
+        done = last.images if restarted else last.images - first.images
+        ended = last.batches if restarted else last.batches - first.batches
         rate = done / window
     average = None
     if latest.started_at is not None and latest.scraped_at > latest.started_at:
@@ -893,6 +907,7 @@ def stream_state(
         last_batch_age_s=age,
         rate_per_s=rate,
         rate_window_s=window,
+        rate_window_batches=ended,
         average_per_s=average,
         started_at=latest.started_at,
         batches=latest.batches,

@@ -150,6 +150,8 @@ def _stream_rows(status: Status) -> list[tuple[str, str]]:
     rate = "-"
     if stream.rate_per_s is not None and stream.rate_window_s is not None:
         rate = f"{stream.rate_per_s:.1f} images/s over {stream.rate_window_s:.1f}s"
+        if stream.rate_window_batches == 0:
+            rate += " (no batch ended in it)"
     if stream.average_per_s is not None:
         rate += f" (average {stream.average_per_s:.1f}/s since start)"
     images = "  ".join(f"{_n(n)} {outcome}" for outcome, n in stream.records.items()) or "-"

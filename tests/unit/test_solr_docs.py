@@ -104,6 +104,27 @@ def test_writer_waits_out_an_outage_with_capped_backoff() -> None:
     assert sleeps == [0.5, 1.0, 2.0, 2.0, 2.0]
 
 
+def test_writer_counts_its_retries_and_the_seconds_it_waited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import imagetag.solr
+
+    clock = [100.0]
+    monkeypatch.setattr(imagetag.solr.time, "monotonic", lambda: clock[0])
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    settings = Settings.model_validate({"solr": {"batch_size": 3}})
+    writer = SolrWriter(settings, sleep=sleep, max_backoff_s=2.0)
+    writer.client = FakeClient(outages=3)  # the first batch waits 0.5 + 1 + 2 s
+    result = writer.write({"id": str(i)} for i in range(7))
+    assert result.accepted == 7
+    assert result.retries == 3 and result.stalled_s == pytest.approx(3.5)
+    writer.client = FakeClient()
+    assert writer.write([{"id": "1"}]).stalled_s == 0.0
+
+
 def test_writer_isolates_refused_documents() -> None:
     client = FakeClient()
     result = _writer(client, []).write([{"id": "1"}, {"id": "x2"}, {"id": "3"}, {"id": "4"}])

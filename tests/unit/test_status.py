@@ -139,8 +139,8 @@ def test_a_stream_without_a_batch_has_no_last_batch_age() -> None:
 
 
 def test_the_rate_is_the_images_between_two_scrapes_over_their_interval() -> None:
-    state = stream_state(ENDPOINT, sample(2000.0, 100), sample(2002.0, 150))
-    assert (state.rate_per_s, state.rate_window_s) == (25.0, 2.0)
+    state = stream_state(ENDPOINT, sample(2000.0, 100), replace(sample(2002.0, 150), batches=2))
+    assert (state.rate_per_s, state.rate_window_s, state.rate_window_batches) == (25.0, 2.0, 1)
     assert state.average_per_s == pytest.approx(150 / 1002)
     assert state.last_batch_age_s == 3.0
     assert state.alive and state.lag == {0: 1}
@@ -148,7 +148,14 @@ def test_the_rate_is_the_images_between_two_scrapes_over_their_interval() -> Non
 
 def test_a_restart_between_the_scrapes_counts_from_zero() -> None:
     state = stream_state(ENDPOINT, sample(2000.0, 100), sample(2002.0, 10, started=2001.0))
-    assert state.rate_per_s == 5.0
+    assert (state.rate_per_s, state.rate_window_batches) == (5.0, 1)
+
+
+def test_a_window_in_which_no_batch_ended_says_so() -> None:
+    state = stream_state(ENDPOINT, sample(2000.0, 100), sample(2002.0, 100))
+    assert (state.rate_per_s, state.rate_window_batches) == (0.0, 0)
+    text = format_status(status(stream=replace(state, group=GroupLag("g"))))
+    assert "0.0 images/s over 2.0s (no batch ended in it)" in text
 
 
 def test_one_scrape_gives_no_rate() -> None:
