@@ -196,6 +196,11 @@ def run(settings: Settings) -> int:
         elapsed = time.time() - produce_started
         done(started, "all accounted for")
         report(settings, counts(), len(ids), elapsed, produce_started)
+        plots = sorted(Path(settings.model_store, str(version)).glob("*.png"))
+        if plots:
+            print(f"    model plots: {', '.join(str(p) for p in plots)}")
+        step("imagetag status, the stream still running")
+        subprocess.run([IMAGETAG, "status"], check=False)
     finally:
         stream.terminate()
         stream.wait(120)
@@ -255,6 +260,7 @@ def report(
     print(f"    curl '{base}/select?q=tags:Sneaker&fq=confidence:[0.8%20TO%20*]'")
     print("    .venv/bin/imagetag search Bag --min-confidence 0.7")
     print("    .venv/bin/imagetag search --similar-to <id from the line above>")
+    print("    .venv/bin/imagetag status                             # while a stream runs")
     print("    .venv/bin/imagetag stack down                         # when you are done")
 
 

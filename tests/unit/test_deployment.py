@@ -389,13 +389,16 @@ def test_grafana_provisions_the_compose_prometheus_and_the_dashboard_folder(
     assert home == f"{folder}/{DASHBOARD.name}"
 
 
-def test_promtool_accepts_the_config_and_the_rules() -> None:
+def test_promtool_accepts_the_config_and_the_rules_and_their_tests_pass() -> None:
+    """The real parser and the alerts' unit tests (deploy/prometheus/tests), where promtool is
+    installed; the tests above check what they can without it."""
     tool = shutil.which("promtool")
     if tool is None:
         pytest.skip("promtool (Prometheus) not installed")
     for args in (
         ["check", "config", str(PROMETHEUS)],
         ["check", "rules", *map(str, sorted(RULES.glob("*.yml")))],
+        ["test", "rules", *map(str, sorted((DEPLOY / "prometheus" / "tests").glob("*.yml")))],
     ):
         result = subprocess.run([tool, *args], capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, result.stdout + result.stderr
