@@ -156,6 +156,14 @@ class StreamMetrics(JobMetrics):
             "input_lag_records", "records behind the topic's end, per partition", ["partition"]
         )
         self.restarts = self._counter("query_restarts", "queries restarted after a failure")
+        self.spark_steps = Histogram(
+            "imagetag_stream_trigger_step_seconds",
+            "Spark's own timing of a micro-batch's steps (its progress event's durationMs: "
+            "latestOffset, queryPlanning, walCommit, addBatch = our foreachBatch, commitOffsets)",
+            ["step"],
+            registry=self.registry,
+            buckets=DURATION_BUCKETS,
+        )
 
     def input_lag(self, by_partition: Mapping[str, int]) -> None:
         for partition, behind in by_partition.items():

@@ -213,6 +213,9 @@ class ProgressReporter:
         if progress.numInputRows:
             ms = int(progress.durationMs.get("triggerExecution", 0))
             self.stats.metrics.batch_seconds.observe(ms / 1000)
+            for step, step_ms in progress.durationMs.items():
+                if step != "triggerExecution":
+                    self.stats.metrics.spark_steps.labels(step).observe(int(step_ms) / 1000)
             log.info(
                 batch_line(progress.batchId, progress.numInputRows, written, ms, sum(lag.values()))
             )

@@ -40,7 +40,7 @@ def _store(settings: Settings) -> ModelStore:
     return ModelStore(settings.model_store, spark_session(settings, "imagetag-model"))
 
 
-def _summary(manifest: dict[str, Any]) -> str:
+def manifest_summary(manifest: dict[str, Any]) -> str:
     metrics = manifest.get("metrics", {})
     accuracy = metrics.get("accuracy")
     coverage = metrics.get("coverage")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"no model in {store.uri} (run `imagetag train`)")
         for version in versions:
             mark = "*" if version == current else " "
-            print(f"{mark} {version}  {_summary(store.manifest(version))}")
+            print(f"{mark} {version}  {manifest_summary(store.manifest(version))}")
         return 0
     if args.action == "show":
         manifest = store.manifest(args.version)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from imagetag.commands.model import _summary as manifest_summary
+from imagetag.commands.model import manifest_summary
 from imagetag.settings import Settings
 from imagetag.status import (
     GroupLag,

@@ -127,7 +127,7 @@ def progress(batch_id: int, rows: int, end: str, latest: str) -> Any:
         batchId=batch_id,
         numInputRows=rows,
         sources=[source],
-        durationMs={"triggerExecution": 900},
+        durationMs={"triggerExecution": 900, "addBatch": 700, "walCommit": 20},
     )
 
 
@@ -147,7 +147,10 @@ def test_progress_sets_the_lag_logs_the_batch_and_commits_the_group_once_per_cha
         "0": 4,
         "1": 0,
     }
-    assert scrape(stats.metrics)["imagetag_stream_batch_duration_seconds_count"][0][1] == 1
+    page = scrape(stats.metrics)
+    assert page["imagetag_stream_batch_duration_seconds_count"][0][1] == 1
+    steps = by(page["imagetag_stream_trigger_step_seconds_sum"], "step")
+    assert steps == {"addBatch": 0.7, "walCommit": 0.02}
     assert stats.pop(3) is None  # the batch's counts were taken for its line
     # the next event retries the commit; a no-data batch with the same offsets commits nothing
     reporter.progress(progress(4, 4, '{"images":{"0":9,"1":7}}', '{"images":{"0":9,"1":7}}'))
