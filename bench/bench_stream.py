@@ -1,74 +1,302 @@
-"""Benchmark: the running stream against the single-process tag_batch loop; end-to-end latency.
+"""Benchmark: the Spark stream against its peer, the plain consumer loop, side by side.
 
-Prints two tables:
+The stream is ``imagetag stream`` (local[N]: N cores); the peer is ``bench/peer.py``, the loop a
+user would write instead (one process, one core for tagging): same model, same ``tag_kafka_rows``,
+same ``SolrWriter``, same images. Each measure runs each pipeline in a run of its own (own
+topics, collection, checkpoints, consumer group), and prints one table, stream and peer side by
+side:
 
-1. sustained throughput (images/s) of `imagetag stream` (local[N] Spark, N cores) over a
-   pre-filled topic, against `tag_batch` called in a loop in one process on the same images;
-   the ratio per core is the price of Spark, Kafka, Avro and Solr around the tagging;
-2. end-to-end latency, produce -> searchable in Solr, p50 / p99, while producing at half the
-   measured stream throughput with a 1 s trigger, after a warm-up of 200 images (the first
-   batch's start-up is not the steady state).
+1. sustained throughput (images/s, images/s per core) draining a pre-filled topic, from the first
+   result to the last; ``tag_batch`` alone in a loop (one core, no Kafka, no Solr) as the ceiling;
+2. produce -> searchable latency p50 / p99 while producing at half of *that pipeline's own*
+   throughput, after a warm-up of 200 images (the first batch's start-up is not the steady
+   state);
+3. idle latency: warmed up and idle, one image every 3 s (``--idle-images``), produce ->
+   searchable per image, and the batches each image took and their duration (the stream runs a
+   batch without data after one with: its watermark moved);
+4. where a batch's time goes, while draining and while idle: tag, solr, kafka and other (the
+   batch's duration minus those phases), per batch with data.
 
-and writes them as PNGs into ``--plots DIR`` (default ``bench/out/``): the latency histogram
-(p50 / p99 marked), the throughput bars, and the stream's images/s over time while it drained
-the topic.
+The stream's figures come from its Prometheus endpoint (``IMAGETAG_METRICS__STREAM_PORT=0``: a
+free port, read from its log): ``imagetag_stream_batch_duration_seconds`` (Spark's trigger
+execution: offsets, planning, the batch, the checkpoint; batches with data only) and
+``imagetag_stream_phase_duration_seconds{phase}`` (every foreachBatch call, the no-data ones
+too: their phase time counts in). Its tag phase includes reading the records from Kafka (the
+Spark job does). The peer's come from its ``--stats`` JSON lines; its batch runs from
+``consume()``'s return to the offset commit, and the wait inside ``consume()`` is shown apart.
 
-Runs on the local stack (started if needed) with its own topics and collection; needs a model
-in the model store (`imagetag train`, or `make demo` which trains one).
+Also writes the figures as PNGs into ``--plots DIR`` (default ``bench/out/``): the latency
+histograms, the throughput bars, and images/s over time while draining.
 
-    .venv/bin/python bench/bench_stream.py [--images 4000] [--latency-seconds 60] [--plots DIR]
+Runs on the local stack (started if needed); needs a model in the model store
+(``imagetag train``, or ``make demo`` which trains one).
+
+    .venv/bin/python bench/bench_stream.py [--images 4000] [--latency-seconds 60]
+        [--idle-images 10] [--only stream|peer|both] [--plots DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import math
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import requests
 
-from imagetag import plots
+from imagetag import metrics, plots
 from imagetag.kafka_admin import count_records
 from imagetag.settings import Settings
 from imagetag.stack import LocalStack
 from imagetag.testing.samples import fashion_images
 from imagetag.testing.services import isolated_settings, solr_count
 
+ROOT = Path(__file__).resolve().parent.parent
 IMAGETAG = str(Path(sys.executable).with_name("imagetag"))
 PLOTS_DIR = Path(__file__).resolve().parent / "out"  # ignored by git
+KINDS = ("stream", "peer")
+PHASES = metrics.PHASES  # tag, solr, kafka
+IDLE_PERIOD_S = 3.0
+IDLE_TIMEOUT_S = 60.0
+METRICS_LINE = re.compile(r"metrics on (http://\S+/metrics)")  # the stream logs its endpoint
+# The peer's log line once it consumes (bench.peer.READY_LINE; not imported: this file runs
+# as a script, where the bench package is not importable).
+PEER_READY = "consuming "
 
 
-def raw_loop(settings: Settings, data: list[tuple[bytes, str]]) -> float:
-    """images/s of tag_batch in one process, one core (OpenCV single-threaded)."""
-    import cv2
+# -- what a pipeline did: counters at a moment -------------------------------------------------
 
-    from imagetag.bundle import load_current
-    from imagetag.tagging import tag_batch
 
-    cv2.setNumThreads(1)
-    model = load_current(settings.model_store)
-    now = int(time.time() * 1000)
-    frame = pd.DataFrame(
+@dataclass(frozen=True)
+class Snapshot:
+    """A pipeline's counters at one moment (since its process started); differences of two
+    are what happened in between.
+
+    ``batches``: batches run (the stream's foreachBatch calls, no-data batches included);
+    ``data_batches``: batches with input rows, whose durations ``batch_s`` sums; ``phase_s``:
+    seconds per phase (tag, solr, kafka; the peer's ``consume`` too); ``rows``: records done.
+    """
+
+    batches: float = 0.0
+    data_batches: float = 0.0
+    batch_s: float = 0.0
+    phase_s: Mapping[str, float] = field(default_factory=dict)
+    rows: float = 0.0
+
+    def __sub__(self, other: Snapshot) -> Snapshot:
+        return Snapshot(
+            batches=self.batches - other.batches,
+            data_batches=self.data_batches - other.data_batches,
+            batch_s=self.batch_s - other.batch_s,
+            phase_s={k: v - other.phase_s.get(k, 0.0) for k, v in self.phase_s.items()},
+            rows=self.rows - other.rows,
+        )
+
+    def per_batch(self) -> dict[str, float]:
+        """Mean seconds per batch with data: ``batch``, each phase, ``other`` (the batch minus
+        tag, solr and kafka); empty without batches."""
+        if not self.data_batches:
+            return {}
+        n = self.data_batches
+        out = {"batch": self.batch_s / n} | {k: v / n for k, v in self.phase_s.items()}
+        out["other"] = out["batch"] - sum(out.get(phase, 0.0) for phase in PHASES)
+        return out
+
+
+def stream_snapshot(samples: Mapping[str, list[tuple[dict[str, str], float]]]) -> Snapshot:
+    """The stream's counters from its ``/metrics`` page (``imagetag.metrics.parse``)."""
+
+    def total(name: str, **labels: str) -> float:
+        return sum(
+            value
+            for found, value in samples.get(name, [])
+            if all(found.get(k) == v for k, v in labels.items())
+        )
+
+    phase = "imagetag_stream_phase_duration_seconds_sum"
+    return Snapshot(
+        batches=total("imagetag_stream_batches_total"),
+        data_batches=total("imagetag_stream_batch_duration_seconds_count"),
+        batch_s=total("imagetag_stream_batch_duration_seconds_sum"),
+        phase_s={p: total(phase, phase=p) for p in PHASES},
+        rows=total("imagetag_stream_records_total"),
+    )
+
+
+def peer_snapshot(lines: Iterable[str]) -> Snapshot:
+    """The peer's counters from its ``--stats`` JSON lines (``bench.peer.BatchStats``); a line
+    cut short (being written) is skipped."""
+    batches = rows = batch_s = 0.0
+    phase_s = dict.fromkeys((*PHASES, "consume"), 0.0)
+    for line in lines:
+        try:
+            stats = json.loads(line)
+        except ValueError:
+            continue
+        batches += 1
+        rows += stats["rows"]
+        batch_s += stats["batch_s"]
+        for phase in phase_s:
+            phase_s[phase] += stats[f"{phase}_s"]
+    return Snapshot(batches, batches, batch_s, phase_s, rows)
+
+
+# -- running a pipeline ---------------------------------------------------------------------
+
+
+class Running:
+    """A started pipeline process (``stream`` or ``peer``): its log and its counters."""
+
+    def __init__(
+        self,
+        kind: str,
+        process: subprocess.Popen[bytes],
+        log: Path,
+        log_start: int,
+        stats: Path | None = None,
+    ) -> None:
+        self.kind = kind
+        self.process = process
+        self.log = log
+        self.log_start = log_start
+        self.stats = stats
+        self.metrics_url: str | None = None
+
+    def log_text(self) -> str:
+        """What the process logged (the log file may hold earlier runs' lines)."""
+        with open(self.log, "rb") as file:
+            file.seek(self.log_start)
+            return file.read().decode(errors="replace")
+
+    def check(self, doing: str) -> None:
+        if self.process.poll() is not None:
+            raise SystemExit(f"{self.kind} died while {doing}; see {self.log}")
+
+    def snapshot(self) -> Snapshot:
+        if self.kind == "peer":
+            assert self.stats is not None
+            return peer_snapshot(self.stats.read_text().splitlines() if self.stats.exists() else [])
+        assert self.metrics_url is not None
+        page = requests.get(self.metrics_url, timeout=10)
+        page.raise_for_status()
+        return stream_snapshot(metrics.parse(page.text))
+
+
+@contextmanager
+def running(kind: str, settings: Settings, tmp: Path, label: str) -> Iterator[Running]:
+    """Start ``kind`` on ``settings``, wait until it consumes, yield it, stop it (SIGTERM)."""
+    log = tmp / f"{kind}-{label}.log"
+    log_start = log.stat().st_size if log.exists() else 0
+    env = settings.child_env()
+    stats: Path | None = None
+    group = f"{settings.solr.collection}.peer"  # the peer's: the run's own base name
+    if kind == "stream":
+        command, ready = [IMAGETAG, "stream"], "streaming "
+        env["IMAGETAG_METRICS__STREAM_PORT"] = "0"  # any free port: the demo's may be taken
+    else:
+        stats = tmp / f"peer-{label}-{settings.solr.collection}.jsonl"
+        stats.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "bench.peer", "--group", group, "--stats", str(stats)]
+        command += ["--poll-seconds", str(settings.spark.trigger_seconds)]
+        ready = PEER_READY
+        env |= {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=out, cwd=ROOT)
+    run = Running(kind, process, log, log_start, stats)
+    try:
+        deadline = time.monotonic() + 180
+        while ready not in run.log_text():
+            run.check("starting")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{kind} did not start; see {log}")
+            time.sleep(0.5)
+        if kind == "stream":
+            found = METRICS_LINE.search(run.log_text())
+            if found is None:
+                raise SystemExit(f"stream logged no metrics endpoint; see {log}")
+            run.metrics_url = found.group(1)
+        yield run
+    finally:
+        process.terminate()
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if stats is not None:
+            delete_group(settings, group)
+
+
+def delete_group(settings: Settings, group: str) -> None:
+    """Remove the peer's consumer group (its run's topics are gone too); a failure is a note."""
+    from confluent_kafka import KafkaException
+
+    from imagetag.kafka_admin import admin_client
+
+    futures = admin_client(settings).delete_consumer_groups([group], request_timeout=10)
+    for future in futures.values():
+        try:
+            future.result()
+        except KafkaException as exc:
+            note(f"consumer group {group} not deleted: {exc}")
+
+
+def isolated_run(settings: Settings, tag: str, tmp: Path) -> AbstractContextManager[Settings]:
+    """Settings with the run's own topics, collection and checkpoints, created and removed."""
+    base = f"bench_{tag}_{uuid.uuid4().hex[:6]}"
+    return isolated_settings(
+        settings,
+        base,
+        checkpoint_dir=str(tmp / base / "checkpoints"),
+        archive_dir=str(tmp / base / "archive"),
+        spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 2000},
+    )
+
+
+# -- the images ---------------------------------------------------------------------------
+
+
+def image_id(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def image_frame(data: Sequence[tuple[bytes, str]]) -> pd.DataFrame:
+    """ImageEvents as ``tag_batch`` takes them."""
+    return pd.DataFrame(
         {
-            "id": [hashlib.sha256(d).hexdigest() for d, _ in data],
+            "id": [image_id(d) for d, _ in data],
             "image": [d for d, _ in data],
             "content_type": "image/png",
             "source": "bench://raw",
-            "produced_at": now,
+            "produced_at": int(time.time() * 1000),
             "label": [label for _, label in data],
             "metadata": [{} for _ in data],
         }
     )
+
+
+def raw_loop(settings: Settings, model: Any, data: list[tuple[bytes, str]]) -> float:
+    """images/s of tag_batch in one process, one core (OpenCV single-threaded)."""
+    import cv2
+
+    from imagetag.tagging import tag_batch
+
+    cv2.setNumThreads(1)
+    frame = image_frame(data)
     tag_batch(
         frame.iloc[:50], model, threshold=settings.vote_threshold, limits=settings.limits
     )  # warm up
@@ -83,21 +311,29 @@ def raw_loop(settings: Settings, data: list[tuple[bytes, str]]) -> float:
     return len(frame) / (time.perf_counter() - started)
 
 
-def start_stream(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115 (lives as long as the child)
-    process = subprocess.Popen(
-        [IMAGETAG, "stream"], env=settings.child_env(), stdout=out, stderr=out
+def tagged_images(
+    settings: Settings, model: Any, candidates: list[tuple[bytes, str]], count: int
+) -> list[tuple[bytes, str]]:
+    """The first ``count`` distinct candidates the model tags (not sent to review): an idle
+    image must become searchable for its latency to be measured."""
+    from imagetag.tagging import tag_batch
+
+    tagged, _, _ = tag_batch(
+        image_frame(candidates), model, threshold=settings.vote_threshold, limits=settings.limits
     )
-    deadline = time.monotonic() + 180
-    while "streaming " not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"stream did not start; see {log}")
-        time.sleep(0.5)
-    return process
+    ids = set(tagged["id"]) if len(tagged) else set()
+    chosen: dict[str, tuple[bytes, str]] = {}
+    for payload, label in candidates:
+        if image_id(payload) in ids:
+            chosen.setdefault(image_id(payload), (payload, label))
+    return list(chosen.values())[:count]
 
 
 def produce(
-    settings: Settings, data: list[tuple[bytes, str]], rate: float | None = None
+    settings: Settings,
+    data: Sequence[tuple[bytes, str]],
+    rate: float | None = None,
+    source: str = "bench://stream",
 ) -> list[tuple[str, float]]:
     """Send images (at `rate` per second if given); returns (id, send time) pairs."""
     from producers import ImageProducer
@@ -110,27 +346,36 @@ def produce(
                 wait = started + i / rate - time.time()
                 if wait > 0:
                     time.sleep(wait)
-            sent.append((hashlib.sha256(payload).hexdigest(), time.time()))
-            producer.send(payload, label=label, source="bench://stream")
+            sent.append((image_id(payload), time.time()))
+            producer.send(payload, label=label, source=source)
             producer.poll(0)
     return sent
 
 
-def stream_throughput(
+def done_count(settings: Settings) -> int:
+    """Images through the pipeline: searchable in Solr or sent to review."""
+    return solr_count(settings) + count_records(settings, settings.kafka.topic_review)
+
+
+# -- the measures -----------------------------------------------------------------------------
+
+
+def throughput(
+    kind: str,
     settings: Settings,
     data: list[tuple[bytes, str]],
-    log: Path,
+    tmp: Path,
     progress: list[tuple[float, float]] | None = None,
-) -> float:
-    """images/s of the stream draining ``data``; appends (s since the first result, images
-    done since) to ``progress`` at each poll."""
-    produce(settings, data)
-    distinct = len({hashlib.sha256(d).hexdigest() for d, _ in data})
-    process = start_stream(settings, log)
-    try:
+) -> tuple[float, Snapshot]:
+    """images/s of ``kind`` draining ``data`` (pre-filled), from its first result to its last,
+    and its counters at the end; appends (s since the first result, images done since) to
+    ``progress`` at each poll."""
+    produce(settings, data, source=f"bench://{kind}")
+    distinct = len({image_id(d) for d, _ in data})
+    with running(kind, settings, tmp, "throughput") as run:
         first = last = None
         while True:
-            done = solr_count(settings) + count_records(settings, settings.kafka.topic_review)
+            done = done_count(settings)
             now = time.monotonic()
             if done and first is None:
                 first = (now, done)
@@ -139,31 +384,47 @@ def stream_throughput(
             if done >= distinct:
                 last = (now, done)
                 break
-            if process.poll() is not None:
-                raise SystemExit(f"stream died; see {log}")
+            run.check("draining the topic")
             time.sleep(0.5)
-        assert first is not None and last is not None
-        return (last[1] - first[1]) / max(last[0] - first[0], 1e-6)
-    finally:
-        process.terminate()
-        process.wait(120)
+        time.sleep(2)  # the last batch's duration is recorded after its documents are visible
+        snapshot = run.snapshot()
+    assert first is not None and last is not None
+    return (last[1] - first[1]) / max(last[0] - first[0], 1e-6), snapshot
+
+
+def warm_up(run: Running, settings: Settings) -> None:
+    """200 images through ``run`` (Python workers started, model loaded, first batches run),
+    then wait until it is idle."""
+    warm = fashion_images(200, start=50_000)
+    produce(settings, warm, source=f"bench://{run.kind}/warm-up")
+    distinct = len({image_id(d) for d, _ in warm})
+    deadline = time.monotonic() + 300
+    while done_count(settings) < distinct:
+        run.check("warming up")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{run.kind} did not warm up; see {run.log}")
+        time.sleep(0.5)
+    wait_idle(run)
+
+
+def wait_idle(run: Running, quiet_s: float = 3.0, timeout_s: float = 300.0) -> None:
+    """Until ``run`` has done no record for ``quiet_s``."""
+    deadline = time.monotonic() + timeout_s
+    rows = run.snapshot().rows
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = run.snapshot().rows
+        if now == rows:
+            return
+        rows = now
 
 
 def latency(
-    settings: Settings, data: list[tuple[bytes, str]], rate: float, log: Path
+    run: Running, settings: Settings, data: list[tuple[bytes, str]], rate: float
 ) -> list[float]:
-    process = start_stream(settings, log)
-    # Warm up first (Python workers started, model broadcast, first archive batch): the
-    # figure asked for is the steady state, not the first batch's start-up.
-    warm = fashion_images(200, start=50_000)
-    produce(settings, warm)
-    distinct = len({hashlib.sha256(d).hexdigest() for d, _ in warm})
-    deadline = time.monotonic() + 300
-    while solr_count(settings) + count_records(settings, settings.kafka.topic_review) < distinct:
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"stream did not warm up; see {log}")
-        time.sleep(0.5)
-    time.sleep(5)
+    """Produce -> searchable seconds of the images of ``data`` sent at ``rate`` to the started
+    pipeline ``run`` (warmed up); images not searchable 10 s after the last was sent (sent to
+    review, or late) are left out."""
     seen: dict[str, float] = {}
     stop = threading.Event()
     url = f"{settings.solr.url}/{settings.solr.collection}/select"
@@ -188,26 +449,67 @@ def latency(
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     try:
-        sent = produce(settings, data, rate=rate)
+        sent = produce(settings, data, rate=rate, source=f"bench://{run.kind}/latency")
         time.sleep(10)
+        run.check("measuring latency")
     finally:
         stop.set()
         poller.join()
-        process.terminate()
-        process.wait(120)
     return [seen[i] - t for i, t in sent if i in seen]
 
 
-def isolated_run(settings: Settings, tag: str, tmp: Path) -> AbstractContextManager[Settings]:
-    """Settings with the run's own topics, collection and checkpoints, created and removed."""
-    base = f"bench_{tag}_{uuid.uuid4().hex[:6]}"
-    return isolated_settings(
-        settings,
-        base,
-        checkpoint_dir=str(tmp / base / "checkpoints"),
-        archive_dir=str(tmp / base / "archive"),
-        spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 2000},
+def searchable(settings: Settings, image: str) -> bool:
+    response = requests.get(
+        f"{settings.solr.url}/{settings.solr.collection}/select",
+        params={"q": f'id:"{image}"', "rows": "0", "facet": "false", "wt": "json"},
+        timeout=30,
     )
+    response.raise_for_status()
+    return int(response.json()["response"]["numFound"]) > 0
+
+
+@dataclass(frozen=True)
+class IdleImage:
+    """One image sent to an idle pipeline: produce -> searchable seconds (None: not within
+    the timeout), the batches run until the next image was sent, and their mean duration."""
+
+    latency_s: float | None
+    batches: float
+    batch_s: float | None
+
+
+def idle_latency(
+    run: Running, settings: Settings, images: list[tuple[bytes, str]]
+) -> tuple[list[IdleImage], Snapshot]:
+    """One image every ``IDLE_PERIOD_S`` (or once the previous one is searchable, if later) to
+    the idle ``run``; returns each image's figures and the counters' difference over all."""
+    wait_idle(run)
+    first = run.snapshot()
+    results: list[IdleImage] = []
+    for payload, label in images:
+        before = run.snapshot()
+        started = time.monotonic()
+        ((image, sent_at),) = produce(
+            settings, [(payload, label)], source=f"bench://{run.kind}/idle"
+        )
+        seen_at = None
+        while time.time() - sent_at < IDLE_TIMEOUT_S:
+            if searchable(settings, image):
+                seen_at = time.time()
+                break
+            run.check("measuring idle latency")
+            time.sleep(0.05)
+        # The batches it took: all of them until the next image (the no-data one after it too).
+        time.sleep(max(0.0, started + IDLE_PERIOD_S - time.monotonic()))
+        spent = run.snapshot() - before
+        results.append(
+            IdleImage(
+                None if seen_at is None else seen_at - sent_at,
+                spent.batches,
+                spent.batch_s / spent.data_batches if spent.data_batches else None,
+            )
+        )
+    return results, run.snapshot() - first
 
 
 def spark_cores(master: str) -> int:
@@ -220,48 +522,230 @@ def spark_cores(master: str) -> int:
     return os.cpu_count() or 1
 
 
+# -- the tables ---------------------------------------------------------------------------------
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 99)) -> list[float]:
+    """The ``qs`` percentiles of ``values`` (linear interpolation); NaN each when empty."""
+    if not len(values):
+        return [math.nan for _ in qs]
+    return [float(v) for v in np.percentile(np.asarray(values, dtype=float), list(qs))]
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    """``value`` formatted, or ``-`` when it is missing (None or NaN)."""
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:{spec}}"
+
+
+def format_table(
+    title: str, rows: Sequence[tuple[str, str, str]], columns: Sequence[str] = ("measure", *KINDS)
+) -> str:
+    """A titled text table: the first column left-aligned, the others right-aligned, each as
+    wide as its widest cell."""
+    table = [tuple(columns), *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "-" * len(line(table[0]))
+    return "\n".join([title, line(table[0]), rule, *(line(row) for row in rows)])
+
+
+def breakdown_rows(by_kind: Mapping[str, Snapshot | None]) -> list[tuple[str, str, str]]:
+    """The rows of a "where a batch's time goes" table: counts, then ms per batch with data
+    and its share of the batch, per phase and other."""
+
+    def cells(render: Callable[[Snapshot], str]) -> tuple[str, str]:
+        got = [by_kind.get(kind) for kind in KINDS]
+        return (render(got[0]) if got[0] else "-", render(got[1]) if got[1] else "-")
+
+    def share(name: str) -> Callable[[Snapshot], str]:
+        def render(snap: Snapshot) -> str:
+            means = snap.per_batch()
+            if name not in means:
+                return "-"
+            ms = means[name] * 1000
+            pct = 100 * means[name] / means["batch"] if means["batch"] else math.nan
+            inside = name not in ("batch", "consume")  # a share of the batch
+            return f"{ms:.0f} ms" + (f" ({fmt(pct, '.0f')}%)" if inside else "")
+
+        return render
+
+    rows = [
+        ("batches with data (all)", *cells(lambda s: f"{s.data_batches:.0f} ({s.batches:.0f})")),
+        (
+            "images per batch",
+            *cells(lambda s: fmt(s.rows / s.data_batches if s.data_batches else None, ".1f")),
+        ),
+        ("batch", *cells(share("batch"))),
+    ]
+    rows += [(phase, *cells(share(phase))) for phase in (*PHASES, "other")]
+    rows.append(("consume wait (outside the batch)", *cells(share("consume"))))
+    return rows
+
+
+@dataclass
+class Result:
+    """One pipeline's figures over the whole bench."""
+
+    kind: str
+    cores: int
+    throughput: float = math.nan
+    drained: Snapshot | None = None
+    timeline: list[tuple[float, float]] = field(default_factory=list)
+    rate: float = math.nan
+    latencies: list[float] = field(default_factory=list)
+    idle: list[IdleImage] = field(default_factory=list)
+    idle_spent: Snapshot | None = None
+
+
+def report(results: Mapping[str, Result], raw: float, images: int, settings: Settings) -> str:
+    """Every table, stream and peer side by side (``-`` for a pipeline not run)."""
+
+    def both(render: Callable[[Result], str]) -> tuple[str, str]:
+        got = [results.get(kind) for kind in KINDS]
+        return (render(got[0]) if got[0] else "-", render(got[1]) if got[1] else "-")
+
+    tables = [
+        format_table(
+            f"throughput, draining {images} pre-filled Fashion-MNIST 28x28 PNGs "
+            f"(stream {settings.spark.master}, peer one process)",
+            [
+                ("images/s", *both(lambda r: fmt(r.throughput, ".0f"))),
+                ("cores", *both(lambda r: str(r.cores))),
+                ("images/s/core", *both(lambda r: fmt(r.throughput / r.cores, ".0f"))),
+                (
+                    "per core / tag_batch alone",
+                    *both(lambda r: fmt(r.throughput / r.cores / raw, ".2f")),
+                ),
+            ],
+        )
+        + f"\ntag_batch alone, one process, one core, no Kafka or Solr: {raw:.0f} images/s",
+    ]
+    lat = {kind: percentiles(r.latencies) for kind, r in results.items()}
+    tables.append(
+        format_table(
+            "latency produce -> searchable, producing at half each pipeline's own throughput "
+            f"(trigger / poll {settings.spark.trigger_seconds:g}s, "
+            f"commitWithin {settings.solr.commit_within_ms}ms)",
+            [
+                ("rate (images/s)", *both(lambda r: fmt(r.rate, ".0f"))),
+                ("images measured", *both(lambda r: str(len(r.latencies)))),
+                ("p50 (s)", *both(lambda r: fmt(lat[r.kind][0]))),
+                ("p99 (s)", *both(lambda r: fmt(lat[r.kind][1]))),
+            ],
+        )
+    )
+
+    def idle_latencies(r: Result) -> list[float]:
+        return [i.latency_s for i in r.idle if i.latency_s is not None]
+
+    def mean(values: Iterable[float | None]) -> float | None:
+        kept = [v for v in values if v is not None]
+        return sum(kept) / len(kept) if kept else None
+
+    tables.append(
+        format_table(
+            f"idle: warmed up, one image every {IDLE_PERIOD_S:g}s, produce -> searchable",
+            [
+                ("images searchable", *both(lambda r: f"{len(idle_latencies(r))}/{len(r.idle)}")),
+                ("p50 (s)", *both(lambda r: fmt(percentiles(idle_latencies(r), [50])[0]))),
+                ("max (s)", *both(lambda r: fmt(max(idle_latencies(r), default=None)))),
+                ("batches per image", *both(lambda r: fmt(mean(i.batches for i in r.idle)))),
+                (
+                    "batch duration (s)",
+                    *both(lambda r: fmt(mean(i.batch_s for i in r.idle), ".3f")),
+                ),
+            ],
+        )
+        + "".join(
+            f"\n{kind} per image (s): " + " ".join(fmt(i.latency_s) for i in results[kind].idle)
+            for kind in KINDS
+            if kind in results
+        )
+    )
+    for what, pick in (
+        ("draining the topic", lambda r: r.drained),
+        ("idle, one image a batch", lambda r: r.idle_spent),
+    ):
+        tables.append(
+            format_table(
+                f"where a batch's time goes, {what} (mean per batch with data)",
+                breakdown_rows({kind: pick(r) for kind, r in results.items()}),
+            )
+        )
+    return "\n\n".join(tables)
+
+
+def note(message: str) -> None:
+    print(f"bench_stream: {message}", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--idle-images", type=int, default=10)
+    parser.add_argument("--only", choices=("stream", "peer", "both"), default="both")
     parser.add_argument("--plots", type=Path, default=PLOTS_DIR, help="folder for the PNGs")
     args = parser.parse_args()
     settings = Settings.load()
     LocalStack(settings).up()
-    tmp = Path(".stack/bench")
+    tmp = ROOT / ".stack" / "bench"
     tmp.mkdir(parents=True, exist_ok=True)
-    cores = spark_cores(settings.spark.master)
+    kinds = KINDS if args.only == "both" else (args.only,)
     data = fashion_images(args.images)
 
-    raw = raw_loop(settings, data)
-    timeline: list[tuple[float, float]] = []
-    with isolated_run(settings, "tput", tmp) as run:
-        stream = stream_throughput(run, data, tmp / "stream-throughput.log", timeline)
-    print("\nthroughput (Fashion-MNIST 28x28 PNG)")
-    print(f"{'path':<34} {'images/s':>9} {'cores':>6} {'images/s/core':>14}")
-    print(f"{'tag_batch loop, one process':<34} {raw:>9.0f} {1:>6} {raw:>14.0f}")
-    print(
-        f"{'imagetag stream (Kafka->Solr)':<34} {stream:>9.0f} {cores:>6} {stream / cores:>14.0f}"
-    )
-    print(f"ratio stream per core / raw loop: {stream / cores / raw:.2f}")
+    from imagetag.bundle import load_current
 
-    rate = stream / 2
-    count = int(rate * args.latency_seconds)
-    with isolated_run(settings, "latency", tmp) as run:
-        lat = latency(run, fashion_images(count, start=0), rate, tmp / "stream-latency.log")
-    p50, p99 = np.percentile(lat, [50, 99]) if lat else (float("nan"), float("nan"))
-    print(f"\nlatency produce -> searchable at {rate:.0f} images/s (half the stream's throughput),")
-    print(
-        f"trigger {settings.spark.trigger_seconds:.0f}s, commitWithin {settings.solr.commit_within_ms}ms"
+    model = load_current(settings.model_store)
+    raw = raw_loop(settings, model, data)
+    idle_images = tagged_images(
+        settings,
+        model,
+        fashion_images(max(50, 5 * args.idle_images), start=55_000),
+        args.idle_images,
     )
-    print(f"{'images measured':<20} {'p50 (s)':>8} {'p99 (s)':>8}")
-    print(f"{len(lat):<20} {p50:>8.2f} {p99:>8.2f}")
+    del model
+    cores = {"stream": spark_cores(settings.spark.master), "peer": 1}
+    results: dict[str, Result] = {}
+    for kind in kinds:
+        result = results[kind] = Result(kind, cores[kind])
+        note(f"{kind}: throughput over {len(data)} images")
+        with isolated_run(settings, f"{kind}_tput", tmp) as run:
+            result.throughput, result.drained = throughput(kind, run, data, tmp, result.timeline)
+        result.rate = result.throughput / 2
+        count = int(result.rate * args.latency_seconds)
+        note(f"{kind}: latency at {result.rate:.0f} images/s, then {len(idle_images)} idle images")
+        with (
+            isolated_run(settings, f"{kind}_latency", tmp) as run,
+            running(kind, run, tmp, "latency") as started,
+        ):
+            warm_up(started, run)
+            result.latencies = latency(started, run, fashion_images(count), result.rate)
+            result.idle, result.idle_spent = idle_latency(started, run, idle_images)
+    print()
+    print(report(results, raw, len(data), settings))
     written = write_plots(
         args.plots,
-        latencies_s={"stream": lat},
-        rates={"tag_batch loop": (raw, 1), f"stream {settings.spark.master}": (stream, cores)},
-        progress={"stream": timeline},
-        subtitle=f"{rate:.0f} images/s, trigger {settings.spark.trigger_seconds:.0f}s",
+        latencies_s={kind: r.latencies for kind, r in results.items()},
+        rates={"tag_batch alone": (raw, 1)}
+        | {
+            f"{kind} {settings.spark.master if kind == 'stream' else '(one process)'}": (
+                r.throughput,
+                r.cores,
+            )
+            for kind, r in results.items()
+        },
+        progress={kind: r.timeline for kind, r in results.items()},
+        subtitle="half each pipeline's throughput, "
+        f"trigger / poll {settings.spark.trigger_seconds:g}s",
     )
     print("\nplots: " + ", ".join(str(p) for p in written))
     return 0
@@ -276,7 +760,7 @@ def write_plots(
 ) -> list[Path]:
     """The tables as PNGs in ``folder``; returns the paths written.
 
-    ``latencies_s``: produce -> searchable latencies per series (``stream``, ...) ->
+    ``latencies_s``: produce -> searchable latencies per series (``stream``, ``peer``) ->
     ``stream-latency.png``; ``rates``: path -> (images/s, cores) ->
     ``stream-throughput.png`` (images/s and images/s per core); ``progress``: per series,
     (s, images done) samples -> ``stream-timeline.png`` (images/s over time). A plot that
@@ -295,7 +779,7 @@ def write_plots(
             ),
             "stream-timeline.png": lambda: plots.throughput_png(
                 {label: plots.rates_over_time(p) for label, p in progress.items()},
-                title="stream draining a pre-filled topic",
+                title="draining a pre-filled topic",
                 xlabel="s since the first result",
             ),
         },
