@@ -6,8 +6,9 @@ same ``SolrWriter``, same images. Each measure runs each pipeline in a run of it
 topics, collection, checkpoints, consumer group), and prints one table, stream and peer side by
 side:
 
-1. sustained throughput (images/s, images/s per core) draining a pre-filled topic, from the first
-   result to the last; ``tag_batch`` alone in a loop (one core, no Kafka, no Solr) as the ceiling;
+1. sustained throughput (images/s, images/s per core) draining a filled topic: warmed up, then
+   the images sent at once, from the first send to the last image done; ``tag_batch`` alone in
+   a loop (one core, no Kafka, no Solr) as the ceiling;
 2. produce -> searchable latency p50 / p99 while producing at half of *that pipeline's own*
    throughput, after a warm-up of 200 images (the first batch's start-up is not the steady
    state);
@@ -18,12 +19,19 @@ side:
    batch's duration minus those phases), per batch with data.
 
 The stream's figures come from its Prometheus endpoint (``IMAGETAG_METRICS__STREAM_PORT=0``: a
-free port, read from its log): ``imagetag_stream_batch_duration_seconds`` (Spark's trigger
-execution: offsets, planning, the batch, the checkpoint; batches with data only) and
-``imagetag_stream_phase_duration_seconds{phase}`` (every foreachBatch call, the no-data ones
-too: their phase time counts in). Its tag phase includes reading the records from Kafka (the
-Spark job does). The peer's come from its ``--stats`` JSON lines; its batch runs from
-``consume()``'s return to the offset commit, and the wait inside ``consume()`` is shown apart.
+free port, read from its log): ``imagetag_stream_batches_total`` (every micro-batch, the ones
+without data too: Spark runs one after a batch moved the de-duplication's watermark, and its
+foreachBatch still runs a Spark job), ``imagetag_stream_batch_duration_seconds`` (Spark's
+trigger execution: offsets, planning, the batch, the checkpoint; batches with data only),
+``imagetag_stream_phase_duration_seconds{phase}`` (every foreachBatch call) and
+``imagetag_stream_trigger_step_seconds{step}`` (Spark's own steps of the batches with data,
+which split "other": latestOffset, queryPlanning, walCommit, commitOffsets, and addBatch, the
+foreachBatch that holds the phases). The phases of the batches with data alone are in the
+stream's batch log lines (``batch N: input=... duration=...ms (tag ...ms solr ...ms kafka
+...ms)``, the same figures): the metrics' phase sums minus those are the batches without data.
+The stream's tag phase includes reading the records from Kafka (the Spark job does). The peer's
+figures come from its ``--stats`` JSON lines; its batch runs from ``consume()``'s return to the
+offset commit, and the wait inside ``consume()`` is shown apart.
 
 Also writes the figures as PNGs into ``--plots DIR`` (default ``bench/out/``): the latency
 histograms, the throughput bars, and images/s over time while draining.
@@ -86,9 +94,12 @@ class Snapshot:
     """A pipeline's counters at one moment (since its process started); differences of two
     are what happened in between.
 
-    ``batches``: batches run (the stream's foreachBatch calls, no-data batches included);
-    ``data_batches``: batches with input rows, whose durations ``batch_s`` sums; ``phase_s``:
-    seconds per phase (tag, solr, kafka; the peer's ``consume`` too); ``rows``: records done.
+    ``batches``: batches run (the stream's micro-batches, the ones without data included);
+    ``data_batches``: batches with input rows, whose durations ``batch_s`` sums and whose
+    seconds per phase ``phase_s`` holds (tag, solr, kafka; the peer's ``consume`` too);
+    ``rows``: records done; ``nodata_s``: seconds in the phases of the batches without data;
+    ``steps``: the stream's batches with data by Spark's own steps (``addBatch`` is the
+    foreachBatch, holding the phases), seconds each.
     """
 
     batches: float = 0.0
@@ -96,6 +107,8 @@ class Snapshot:
     batch_s: float = 0.0
     phase_s: Mapping[str, float] = field(default_factory=dict)
     rows: float = 0.0
+    nodata_s: float = 0.0
+    steps: Mapping[str, float] = field(default_factory=dict)
 
     def __sub__(self, other: Snapshot) -> Snapshot:
         return Snapshot(
@@ -104,6 +117,8 @@ class Snapshot:
             batch_s=self.batch_s - other.batch_s,
             phase_s={k: v - other.phase_s.get(k, 0.0) for k, v in self.phase_s.items()},
             rows=self.rows - other.rows,
+            nodata_s=self.nodata_s - other.nodata_s,
+            steps={k: v - other.steps.get(k, 0.0) for k, v in self.steps.items()},
         )
 
     def per_batch(self) -> dict[str, float]:
@@ -114,11 +129,32 @@ class Snapshot:
         n = self.data_batches
         out = {"batch": self.batch_s / n} | {k: v / n for k, v in self.phase_s.items()}
         out["other"] = out["batch"] - sum(out.get(phase, 0.0) for phase in PHASES)
+        out |= {f"spark {step}": v / n for step, v in self.steps.items()}
         return out
 
 
-def stream_snapshot(samples: Mapping[str, list[tuple[dict[str, str], float]]]) -> Snapshot:
-    """The stream's counters from its ``/metrics`` page (``imagetag.metrics.parse``)."""
+# The stream's line for a batch with data (streaming.job.batch_line).
+BATCH_LINE = re.compile(
+    r"batch \d+: input=(?P<rows>\d+) .*?duration=(?P<batch>\d+)ms \("
+    + " ".join(rf"{phase} (?P<{phase}>\d+)ms" for phase in PHASES)
+    + r"\)"
+)
+
+
+def logged_phases(log_text: str) -> dict[str, float]:
+    """Seconds per phase over the stream's batch lines in ``log_text`` (batches with data)."""
+    phases = dict.fromkeys(PHASES, 0.0)
+    for found in BATCH_LINE.finditer(log_text):
+        for phase in PHASES:
+            phases[phase] += int(found[phase]) / 1000
+    return phases
+
+
+def stream_snapshot(
+    samples: Mapping[str, list[tuple[dict[str, str], float]]], log_text: str = ""
+) -> Snapshot:
+    """The stream's counters from its ``/metrics`` page (``imagetag.metrics.parse``) and, for
+    the phases of its batches with data, its log (``logged_phases``)."""
 
     def total(name: str, **labels: str) -> float:
         return sum(
@@ -127,13 +163,21 @@ def stream_snapshot(samples: Mapping[str, list[tuple[dict[str, str], float]]]) -
             if all(found.get(k) == v for k, v in labels.items())
         )
 
-    phase = "imagetag_stream_phase_duration_seconds_sum"
+    every_batch = sum(total("imagetag_stream_phase_duration_seconds_sum", phase=p) for p in PHASES)
+    with_data = logged_phases(log_text)
     return Snapshot(
         batches=total("imagetag_stream_batches_total"),
         data_batches=total("imagetag_stream_batch_duration_seconds_count"),
         batch_s=total("imagetag_stream_batch_duration_seconds_sum"),
-        phase_s={p: total(phase, phase=p) for p in PHASES},
+        phase_s=with_data,
         rows=total("imagetag_stream_records_total"),
+        # the log's milliseconds are rounded: never below nothing
+        nodata_s=max(0.0, every_batch - sum(with_data.values())),
+        steps={
+            labels["step"]: value
+            for labels, value in samples.get("imagetag_stream_trigger_step_seconds_sum", [])
+            if "step" in labels
+        },
     )
 
 
@@ -193,7 +237,7 @@ class Running:
         assert self.metrics_url is not None
         page = requests.get(self.metrics_url, timeout=10)
         page.raise_for_status()
-        return stream_snapshot(metrics.parse(page.text))
+        return stream_snapshot(metrics.parse(page.text), self.log_text())
 
 
 @contextmanager
@@ -237,22 +281,27 @@ def running(kind: str, settings: Settings, tmp: Path, label: str) -> Iterator[Ru
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if stats is not None:
-            delete_group(settings, group)
+        delete_group(settings, group if kind == "peer" else settings.kafka.stream_group)
 
 
 def delete_group(settings: Settings, group: str) -> None:
-    """Remove the peer's consumer group (its run's topics are gone too); a failure is a note."""
-    from confluent_kafka import KafkaException
+    """Remove a run's consumer group (the peer's, or the one the stream commits to for lag
+    tools): its topics go with the run. A failure is a note."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from confluent_kafka import KafkaError, KafkaException
 
     from imagetag.kafka_admin import admin_client
 
-    futures = admin_client(settings).delete_consumer_groups([group], request_timeout=10)
-    for future in futures.values():
+    admin = admin_client(settings)  # kept alive until the futures are done: they die with it
+    for future in admin.delete_consumer_groups([group], request_timeout=10).values():
         try:
-            future.result()
+            future.result(timeout=30)
         except KafkaException as exc:
-            note(f"consumer group {group} not deleted: {exc}")
+            if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                note(f"consumer group {group} not deleted: {exc}")
+        except FutureTimeout:
+            note(f"consumer group {group} not deleted in 30s")
 
 
 def isolated_run(settings: Settings, tag: str, tmp: Path) -> AbstractContextManager[Settings]:
@@ -367,29 +416,31 @@ def throughput(
     tmp: Path,
     progress: list[tuple[float, float]] | None = None,
 ) -> tuple[float, Snapshot]:
-    """images/s of ``kind`` draining ``data`` (pre-filled), from its first result to its last,
-    and its counters at the end; appends (s since the first result, images done since) to
-    ``progress`` at each poll."""
-    produce(settings, data, source=f"bench://{kind}")
+    """images/s of ``kind`` draining ``data`` as a backlog, and its counters over the drain.
+
+    The pipeline is warmed up first (a cold first batch is start-up, not throughput: Spark's
+    takes tens of seconds), then ``data`` is sent at once (a fraction of a second next to the
+    tagging, so the pipeline finds a filled topic) and the rate is from the first send to the
+    last image done. Appends (s since the first send, images done) to ``progress`` at each
+    poll."""
     distinct = len({image_id(d) for d, _ in data})
     with running(kind, settings, tmp, "throughput") as run:
-        first = last = None
+        warm_up(run, settings)
+        before, done_before = run.snapshot(), done_count(settings)
+        started = time.monotonic()
+        produce(settings, data, source=f"bench://{kind}")
         while True:
-            done = done_count(settings)
-            now = time.monotonic()
-            if done and first is None:
-                first = (now, done)
-            if first is not None and progress is not None:
-                progress.append((now - first[0], done - first[1]))
+            done = done_count(settings) - done_before
+            elapsed = time.monotonic() - started
+            if progress is not None:
+                progress.append((elapsed, done))
             if done >= distinct:
-                last = (now, done)
                 break
             run.check("draining the topic")
-            time.sleep(0.5)
+            time.sleep(0.25)
         time.sleep(2)  # the last batch's duration is recorded after its documents are visible
-        snapshot = run.snapshot()
-    assert first is not None and last is not None
-    return (last[1] - first[1]) / max(last[0] - first[0], 1e-6), snapshot
+        spent = run.snapshot() - before
+    return distinct / elapsed, spent
 
 
 def warm_up(run: Running, settings: Settings) -> None:
@@ -559,7 +610,9 @@ def format_table(
 
 def breakdown_rows(by_kind: Mapping[str, Snapshot | None]) -> list[tuple[str, str, str]]:
     """The rows of a "where a batch's time goes" table: counts, then ms per batch with data
-    and its share of the batch, per phase and other."""
+    and its share of the batch, per phase and other, then the stream's batch by Spark's own
+    steps (other = the steps outside ``addBatch`` plus what ``addBatch``, the foreachBatch,
+    spends beyond the phases), the peer's wait in ``consume()`` and the batches without data."""
 
     def cells(render: Callable[[Snapshot], str]) -> tuple[str, str]:
         got = [by_kind.get(kind) for kind in KINDS]
@@ -578,7 +631,7 @@ def breakdown_rows(by_kind: Mapping[str, Snapshot | None]) -> list[tuple[str, st
         return render
 
     rows = [
-        ("batches with data (all)", *cells(lambda s: f"{s.data_batches:.0f} ({s.batches:.0f})")),
+        ("batches with data", *cells(lambda s: f"{s.data_batches:.0f}")),
         (
             "images per batch",
             *cells(lambda s: fmt(s.rows / s.data_batches if s.data_batches else None, ".1f")),
@@ -586,7 +639,15 @@ def breakdown_rows(by_kind: Mapping[str, Snapshot | None]) -> list[tuple[str, st
         ("batch", *cells(share("batch"))),
     ]
     rows += [(phase, *cells(share(phase))) for phase in (*PHASES, "other")]
+    steps = sorted({step for snap in by_kind.values() if snap for step in snap.steps})
+    rows += [(f"  spark {step}", *cells(share(f"spark {step}"))) for step in steps]
     rows.append(("consume wait (outside the batch)", *cells(share("consume"))))
+
+    def nodata(snap: Snapshot) -> str:
+        n = snap.batches - snap.data_batches
+        return f"{n:.0f}" + (f" x {snap.nodata_s / n * 1000:.0f} ms" if n > 0 else "")
+
+    rows.append(("batches without data", *cells(nodata)))
     return rows
 
 
@@ -614,7 +675,7 @@ def report(results: Mapping[str, Result], raw: float, images: int, settings: Set
 
     tables = [
         format_table(
-            f"throughput, draining {images} pre-filled Fashion-MNIST 28x28 PNGs "
+            f"throughput, draining {images} Fashion-MNIST 28x28 PNGs sent at once, warmed up "
             f"(stream {settings.spark.master}, peer one process)",
             [
                 ("images/s", *both(lambda r: fmt(r.throughput, ".0f"))),
@@ -721,7 +782,7 @@ def main() -> int:
         with isolated_run(settings, f"{kind}_tput", tmp) as run:
             result.throughput, result.drained = throughput(kind, run, data, tmp, result.timeline)
         result.rate = result.throughput / 2
-        count = int(result.rate * args.latency_seconds)
+        count = max(1, int(result.rate * args.latency_seconds))
         note(f"{kind}: latency at {result.rate:.0f} images/s, then {len(idle_images)} idle images")
         with (
             isolated_run(settings, f"{kind}_latency", tmp) as run,
@@ -779,8 +840,8 @@ def write_plots(
             ),
             "stream-timeline.png": lambda: plots.throughput_png(
                 {label: plots.rates_over_time(p) for label, p in progress.items()},
-                title="draining a pre-filled topic",
-                xlabel="s since the first result",
+                title="draining a filled topic",
+                xlabel="s since the images were sent",
             ),
         },
         warn=lambda message: print(f"bench_stream: plot {message}", file=sys.stderr),

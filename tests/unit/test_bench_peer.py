@@ -20,6 +20,7 @@ from bench.bench_stream import (
     breakdown_rows,
     fmt,
     format_table,
+    logged_phases,
     peer_snapshot,
     percentiles,
     stream_snapshot,
@@ -28,9 +29,11 @@ from bench.peer import READY_LINE, BatchStats, Peer, consumer_config, kafka_fram
 from imagetag.contracts import KAFKA_COLUMNS
 from imagetag.errors import ServiceError
 from imagetag.metrics import StreamMetrics, parse
+from imagetag.pipeline import Written
 from imagetag.records import decode_events, tag_kafka_rows
 from imagetag.settings import Settings
 from imagetag.solr import WriteResult
+from streaming.job import batch_line
 from tests.unit.test_records import _event
 from tests.unit.test_tagging import _blank, _model, _textured
 
@@ -242,22 +245,44 @@ def test_peer_stats_lines_sum_into_a_snapshot() -> None:
     assert json.loads(lines[0])["rows"] == 100
 
 
-def test_stream_snapshot_reads_the_stream_s_metrics() -> None:
+def test_stream_snapshot_reads_the_metrics_and_the_batch_lines() -> None:
     metrics = StreamMetrics()
-    for tag_s in (0.8, 0.1):  # a batch with data, then the no-data one after it
+    for tag_s, solr_s in ((0.8, 0.2), (0.1, 0.0)):  # a batch with data, then one without
         metrics.batches.inc()
         metrics.phase_seconds.labels("tag").observe(tag_s)
-        metrics.phase_seconds.labels("solr").observe(0.2)
+        metrics.phase_seconds.labels("solr").observe(solr_s)
+        metrics.phase_seconds.labels("kafka").observe(0.0)
     metrics.records.labels("tagged").inc(7)
     metrics.batch_seconds.observe(1.5)  # only batches with data have a duration
+    for step, seconds in (("addBatch", 1.2), ("walCommit", 0.2), ("latestOffset", 0.1)):
+        metrics.spark_steps.labels(step).observe(seconds)
+    logged = Written({"tagged": 7}, [], phases={"tag": 0.8, "solr": 0.2, "kafka": 0.0})
+    log = "12:00:00 INFO imagetag.stream: " + batch_line(0, 7, logged, 1500, 0) + "\n"
     before = stream_snapshot({})
-    after = stream_snapshot(parse(generate_latest(metrics.registry).decode()))
+    after = stream_snapshot(parse(generate_latest(metrics.registry).decode()), log)
     spent = after - before
-    assert (spent.batches, spent.data_batches) == (2, 1)
+    assert (spent.batches, spent.data_batches, spent.rows) == (2, 1, 7)
     assert spent.batch_s == pytest.approx(1.5)
-    assert spent.phase_s == pytest.approx({"tag": 0.9, "solr": 0.4, "kafka": 0.0})
-    assert spent.rows == 7
-    assert spent.per_batch()["other"] == pytest.approx(1.5 - 0.9 - 0.4)
+    assert spent.phase_s == pytest.approx({"tag": 0.8, "solr": 0.2, "kafka": 0.0})
+    assert spent.nodata_s == pytest.approx(0.1)
+    assert spent.per_batch()["other"] == pytest.approx(1.5 - 0.8 - 0.2)
+    rows = {measure: cell for measure, cell, _ in breakdown_rows({"stream": spent})}
+    assert rows["batches with data"] == "1"
+    assert rows["batches without data"] == "1 x 100 ms"
+    assert rows["other"] == "500 ms (33%)"
+    assert spent.steps == pytest.approx({"addBatch": 1.2, "walCommit": 0.2, "latestOffset": 0.1})
+    assert (
+        rows["  spark addBatch"] == "1200 ms (80%)" and rows["  spark walCommit"] == "200 ms (13%)"
+    )
+
+
+def test_the_batch_line_pattern_reads_the_stream_s_line() -> None:
+    written = Written({"tagged": 2}, [], phases={"tag": 1.234, "solr": 0.5, "kafka": 0.0625})
+    line = batch_line(3, 2, written, 2000, 0)
+    assert logged_phases(f"x\n{line}\n{line}\n") == pytest.approx(
+        {"tag": 2 * 1.234, "solr": 1.0, "kafka": 2 * 0.062}
+    )
+    assert logged_phases("batch 4: input=0 nothing") == {"tag": 0.0, "solr": 0.0, "kafka": 0.0}
 
 
 def test_snapshot_differences_and_no_batches() -> None:
@@ -292,6 +317,7 @@ def test_breakdown_rows_of_one_pipeline_leave_the_other_blank() -> None:
     assert rows["other"] == ("-", "50 ms (10%)")
     assert rows["images per batch"] == ("-", "100.0")
     assert rows["consume wait (outside the batch)"] == ("-", "500 ms")
+    assert (rows["batches with data"], rows["batches without data"]) == (("-", "1"), ("-", "0"))
 
 
 def test_percentiles() -> None:
