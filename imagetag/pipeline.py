@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from imagetag.settings import Settings
 from imagetag.sinks import TransactionalSink
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
+    from pyspark import Accumulator, Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,29 @@ POISON_ENV = "TEST_IMAGETAG_POISON"
 POISON_MODE_ENV = "TEST_IMAGETAG_POISON_MODE"
 
 
+@dataclass
+class SolrTally:
+    """Spark accumulators of the Solr upserts a tagging job's executors made (``upsert``):
+    writes retried, seconds stalled waiting for Solr, seconds spent upserting."""
+
+    retries: Accumulator[int]
+    stalled_s: Accumulator[float]
+    seconds: Accumulator[float]
+
+    @classmethod
+    def create(cls, spark: SparkSession) -> SolrTally:
+        context = spark.sparkContext
+        return cls(context.accumulator(0), context.accumulator(0.0), context.accumulator(0.0))
+
+
 def tag_partition(
-    batches: Iterable[pd.DataFrame], model_bc: Broadcast[Any], settings_json: str
+    batches: Iterable[pd.DataFrame],
+    model_bc: Broadcast[Any],
+    settings_json: str,
+    upsert: SolrTally | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: Kafka rows -> decoded events -> tag_batch -> uniform output rows."""
+    """mapInPandas body: Kafka rows -> decoded events -> tag_batch -> uniform output rows; with
+    ``upsert``, the tagged rows' documents are upserted into Solr here (``upsert_tagged``)."""
     from imagetag.records import tag_kafka_rows
 
     settings = Settings.from_executors(settings_json)
@@ -54,7 +73,40 @@ def tag_partition(
     for rows in batches:
         if poison:
             _test_poison(rows, poison)
-        yield tag_kafka_rows(rows, model, settings)
+        out = tag_kafka_rows(rows, model, settings)
+        yield out if upsert is None else upsert_tagged(out, settings, upsert)
+
+
+REFUSED = "index/solr_refused"  # the cause of a document Solr refused
+
+
+def upsert_tagged(out: pd.DataFrame, settings: Settings, tally: SolrTally) -> pd.DataFrame:
+    """Upsert the tagged rows' documents into Solr, from the executor that tagged them (one
+    Spark job a batch instead of two); waits while Solr is unavailable (``SolrWriter``). A row
+    whose document Solr refused becomes its dead letter (stage ``index``); the written rows
+    keep no document (the driver needs only their kind and latency)."""
+    from imagetag.records import dead_letter_for_refused_doc
+    from imagetag.solr import SolrWriter
+
+    tagged = out.index[out["kind"] == "tagged"]
+    if not len(tagged):
+        return out
+    started = time.monotonic()
+    result = SolrWriter(settings).write(json.loads(doc) for doc in out.loc[tagged, "doc"])
+    tally.seconds.add(time.monotonic() - started)
+    tally.retries.add(result.retries)
+    tally.stalled_s.add(result.stalled_s)
+    refused = {doc["id"]: (json.dumps(doc), reason) for doc, reason in result.rejected}
+    if refused:  # an int64 column would turn the refused rows' None into a NaN
+        out["latency_ms"] = out["latency_ms"].astype(object)
+    for i in tagged:
+        image_id = out.at[i, "id"]
+        out.at[i, "doc"] = None
+        if image_id in refused:
+            key, value = dead_letter_for_refused_doc(image_id, *refused[image_id], settings)
+            out.at[i, "kind"], out.at[i, "key"], out.at[i, "value"] = "dead", key, value
+            out.at[i, "latency_ms"], out.at[i, "cause"] = None, REFUSED
+    return out
 
 
 def _test_poison(rows: pd.DataFrame, marker: bytes) -> None:
@@ -64,33 +116,51 @@ def _test_poison(rows: pd.DataFrame, marker: bytes) -> None:
         raise RuntimeError("test poison: a record no isolation can catch")
 
 
-def tag_frame(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings) -> DataFrame:
+def tag_frame(
+    rows: DataFrame,
+    model_bc: Broadcast[Any],
+    settings: Settings,
+    upsert: SolrTally | None = None,
+) -> DataFrame:
     """Kafka-shaped rows (key, value, topic, partition, offset, timestamp) -> output rows
     (OUTPUT_SCHEMA), persisted: the caller runs several actions on it and unpersists it."""
     settings_json = settings.for_executors()
     return rows.mapInPandas(
-        lambda it: tag_partition(it, model_bc, settings_json), OUTPUT_SCHEMA
+        lambda it: tag_partition(it, model_bc, settings_json, upsert), OUTPUT_SCHEMA
     ).persist()
 
 
 @dataclass
 class Tagged:
     """A batch's output rows (OUTPUT_SCHEMA, cached) and, fetched with them, (kind, latency_ms,
-    size, cause) per row. ``quarantined`` counts the records dead-lettered as ``poison``."""
+    size, cause, key, value) per row, key and value only for a review or dead row of at most
+    ``INLINE_VALUE_BYTES`` (a larger one is fetched from the cache when it is written).
+    ``quarantined`` counts the records dead-lettered as ``poison``; ``upserted`` tallies the
+    Solr upserts the tagging job made itself (None: the tagged rows still hold their docs)."""
 
     out: DataFrame
     meta: list[Any]
     quarantined: int = 0
     parts: list[DataFrame] = field(default_factory=list)
+    upserted: SolrTally | None = None
 
     def unpersist(self) -> None:
         for frame in self.parts or [self.out]:
             frame.unpersist()
 
 
-def tag_rows(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings, what: str) -> Tagged:
+def tag_rows(
+    rows: DataFrame,
+    model_bc: Broadcast[Any],
+    settings: Settings,
+    what: str,
+    *,
+    upsert: bool = False,
+) -> Tagged:
     """Tag Kafka-shaped rows in one Spark job; a batch that fails deterministically for a reason
-    that is not an infrastructure fault is quarantined instead of failing.
+    that is not an infrastructure fault is quarantined instead of failing. With ``upsert``, the
+    same job upserts the tagged documents into Solr (``upsert_tagged``), so that
+    ``write_outputs`` has only the Kafka transaction left to do.
 
     Per-record isolation (``tag_batch``, ``records``) keeps any one record from failing the
     batch; this is the net below it, for what isolation cannot catch (a Python worker that
@@ -101,15 +171,16 @@ def tag_rows(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings, what
     faults (Kafka, Solr, an executor lost) are raised, so the caller stalls and retries as for
     any outage. ``what`` names the batch in the logs.
     """
+    tally = SolrTally.create(rows.sparkSession) if upsert else None
     try:
-        return _materialize(rows, model_bc, settings)
+        return _materialize(rows, model_bc, settings, tally)
     except Exception as exc:
         if not is_data_fault(exc):
             raise
         fault = fault_summary(exc)
     log.warning("%s failed (%s); running it again in halves to find the cause", what, fault)
     started = time.monotonic()
-    tagged = _quarantine(rows, model_bc, settings, fault)
+    tagged = _quarantine(rows, model_bc, settings, fault, tally)
     if tagged.quarantined:
         log.error(
             "%s: quarantined %d poison record(s) of %d in %.1fs (%s); the rest went on",
@@ -124,21 +195,41 @@ def tag_rows(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings, what
     return tagged
 
 
-def _materialize(rows: DataFrame, model_bc: Broadcast[Any], settings: Settings) -> Tagged:
-    out = tag_frame(rows, model_bc, settings)
+# A review or dead row's Kafka record up to this size comes back with the batch's meta, in the
+# tagging job itself; a larger one (a dead letter carries the whole image) is fetched after.
+INLINE_VALUE_BYTES = 16 * 1024
+_INLINE = f"kind != 'tagged' AND length(value) <= {INLINE_VALUE_BYTES}"
+META_COLUMNS = (
+    "kind",
+    "latency_ms",
+    "length(value) AS size",
+    "cause",
+    f"IF({_INLINE}, key, NULL) AS key",
+    f"IF({_INLINE}, value, NULL) AS value",
+)
+
+
+def _materialize(
+    rows: DataFrame, model_bc: Broadcast[Any], settings: Settings, tally: SolrTally | None
+) -> Tagged:
+    out = tag_frame(rows, model_bc, settings, tally)
     try:
-        meta = out.selectExpr("kind", "latency_ms", "length(value) AS size", "cause").collect()
+        meta = out.selectExpr(*META_COLUMNS).collect()
     except BaseException:
         out.unpersist()
         raise
-    return Tagged(out, meta, parts=[out])
+    return Tagged(out, meta, parts=[out], upserted=tally)
 
 
 Coords = tuple[str, int, int]
 
 
 def _quarantine(
-    rows: DataFrame, model_bc: Broadcast[Any], settings: Settings, fault: str
+    rows: DataFrame,
+    model_bc: Broadcast[Any],
+    settings: Settings,
+    fault: str,
+    tally: SolrTally | None,
 ) -> Tagged:
     """Narrow a failing batch down by bisection over its (topic, partition, offset) order."""
     from pyspark import StorageLevel
@@ -162,7 +253,7 @@ def _quarantine(
             tasks = max(1, min(cores, len(chunk) // PROBE_ROWS_PER_TASK))
             probe = rows.where(_coords_filter(chunk)).coalesce(tasks)
             try:
-                good.append(_materialize(probe, model_bc, settings))
+                good.append(_materialize(probe, model_bc, settings, tally))
             except Exception as exc:
                 if not is_data_fault(exc):
                     raise
@@ -190,10 +281,17 @@ def _quarantine(
     out = functools.reduce(lambda a, b: a.unionByName(b), parts, quarantined)
     meta = [m for part in good for m in part.meta]
     meta += [
-        Row(kind="dead", latency_ms=None, size=len(letter[4]), cause="tag/poison")
+        Row(
+            kind="dead",
+            latency_ms=None,
+            size=len(letter[4]),
+            cause="tag/poison",
+            key=letter[3],
+            value=letter[4] if len(letter[4]) <= INLINE_VALUE_BYTES else None,
+        )
         for letter in letters
     ]
-    return Tagged(out, meta, quarantined=len(letters), parts=parts)
+    return Tagged(out, meta, quarantined=len(letters), parts=parts, upserted=tally)
 
 
 KAFKA_ROW = ("key", "value", *KAFKA_COORDINATES)  # what a poison record's dead letter keeps
@@ -326,26 +424,6 @@ def kafka_options(settings: Settings) -> dict[str, str]:
     return {f"kafka.{k}": v for k, v in settings.kafka.java_client_config().items()}
 
 
-def solr_partition(settings_json: str) -> Callable[[Iterable[Any]], Iterator[tuple[Any, ...]]]:
-    """mapPartitions body: upsert one partition's documents; yield ("refused", id, doc, reason)
-    per document Solr refused, then ("stalled", "", retries, seconds waited for Solr)."""
-
-    def write(rows: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
-        from imagetag.solr import SolrWriter
-
-        settings = Settings.from_executors(settings_json)
-        docs = [json.loads(row.doc) for row in rows]
-        if not docs:
-            return
-        result = SolrWriter(settings).write(docs)
-        for doc, reason in result.rejected:
-            yield "refused", doc["id"], json.dumps(doc), reason
-        if result.retries:
-            yield "stalled", "", result.retries, result.stalled_s
-
-    return write
-
-
 def _bytes(value: bytes | bytearray | None) -> bytes | None:
     """Spark hands binary columns to Python as bytearray; Kafka clients want bytes."""
     return None if value is None else bytes(value)
@@ -378,71 +456,54 @@ def write_outputs(
     *,
     appends: bool = True,
 ) -> Written:
-    """Solr first (stalls while Solr is unavailable), then the review and dead-letter records in
-    one Kafka transaction marked ``token`` (skipped when the sink's ledger says this batch's
-    records were committed already, or when there is nothing to append). With ``appends``
-    false (a re-index), review and dead rows are counted, not written.
+    """After the tagging job upserted the tagged documents into Solr (``tag_rows(...,
+    upsert=True)``: Solr first, stalling while it is unavailable), the review and dead-letter
+    records in one Kafka transaction marked ``token`` (skipped when the sink's ledger says this
+    batch's records were committed already, or when there is nothing to append). With
+    ``appends`` false (a re-index), review and dead rows are counted, not written, except the
+    dead letters of documents Solr refused (they were indexed, and now they are not).
 
-    Two Spark jobs a batch on top of the tagging (whose collect of (kind, latency, size) per
-    row filled the cache of ``tagged.out``): the Solr upserts and the review / dead-letter
-    records."""
-    from imagetag.records import dead_letter_for_refused_doc
-
-    out = tagged.out
+    No Spark job unless a review or dead record was too large to come back with the batch's
+    meta (``INLINE_VALUE_BYTES``): then the records are fetched from the cached output."""
+    if tagged.upserted is None:
+        raise ValueError("write_outputs needs a batch tagged with tag_rows(..., upsert=True)")
     counts: dict[str, int] = {}
     causes: dict[str, int] = {}
+
+    def sent(row: Any) -> bool:
+        return bool(row.kind != "tagged" and (appends or row.cause == REFUSED))
+
     sink_bytes = 0
+    inline = True
     for row in tagged.meta:
         counts[row.kind] = counts.get(row.kind, 0) + 1
-        if row.kind != "tagged":
+        if sent(row):
             sink_bytes += row.size or 0
+            inline = inline and row.value is not None
         if row.kind == "dead":
             causes[row.cause or "tag/unknown"] = causes.get(row.cause or "tag/unknown", 0) + 1
     latencies = [
         int(r.latency_ms) for r in tagged.meta if r.kind == "tagged" and r.latency_ms is not None
     ]
-
-    settings_json = settings.for_executors()
-    solr_rows: list[Any] = []
     started = time.monotonic()
-    if counts.get("tagged"):
-        solr_rows = (
-            out.where("kind = 'tagged'")
-            .select("doc")
-            .rdd.mapPartitions(solr_partition(settings_json))
-            .collect()
-        )
-    phases = {"solr": time.monotonic() - started}
-    refused = [row[1:] for row in solr_rows if row[0] == "refused"]
-    stalls = [row[2:] for row in solr_rows if row[0] == "stalled"]
-    started = time.monotonic()
-    appended = counts.get("review", 0) + counts.get("dead", 0) if appends else 0
-    if (appended or refused) and not sink.done(token):
+    appended = sum(1 for row in tagged.meta if sent(row))
+    if appended and not sink.done(token):
         topics = {"review": settings.kafka.topic_review, "dead": settings.kafka.topic_dlq}
-        rows = out.where("kind IN ('review', 'dead')").select("kind", "key", "value")
-        fetched: Iterable[Any] = (
-            []
-            if not appended
-            else rows.collect()
-            if sink_bytes <= COLLECT_MAX_BYTES
-            else rows.toLocalIterator(prefetchPartitions=True)
-        )
-        records = ((topics[row.kind], _bytes(row.key), bytes(row.value)) for row in fetched)
-        letters = (
-            (settings.kafka.topic_dlq, key, value)
-            for key, value in (
-                dead_letter_for_refused_doc(image_id, doc, reason, settings)
-                for image_id, doc, reason in refused
+        fetched: Iterable[Any] = [row for row in tagged.meta if sent(row)]
+        if not inline:
+            which = "kind IN ('review', 'dead')" if appends else f"cause = '{REFUSED}'"
+            rows = tagged.out.where(which).select("kind", "key", "value")
+            fetched = (
+                rows.collect()
+                if sink_bytes <= COLLECT_MAX_BYTES
+                else rows.toLocalIterator(prefetchPartitions=True)
             )
+        sink.write(
+            token, ((topics[row.kind], _bytes(row.key), bytes(row.value)) for row in fetched)
         )
-        sink.write(token, itertools.chain(records, letters))
-    elif appended or refused:
+    elif appended:
         log.info("batch %s: review and dead letters were committed before; not again", token)
-    phases["kafka"] = time.monotonic() - started
-    counts["tagged"] = counts.get("tagged", 0) - len(refused)
-    counts["dead"] = counts.get("dead", 0) + len(refused)
-    if refused:
-        causes["index/solr_refused"] = causes.get("index/solr_refused", 0) + len(refused)
+    phases = {"solr": float(tagged.upserted.seconds.value), "kafka": time.monotonic() - started}
     if tagged.quarantined:
         counts["quarantined"] = tagged.quarantined
     return Written(
@@ -450,6 +511,6 @@ def write_outputs(
         latencies,
         causes,
         phases,
-        solr_retries=sum(int(n) for n, _ in stalls),
-        solr_stalled_s=sum(float(s) for _, s in stalls),
+        solr_retries=int(tagged.upserted.retries.value),
+        solr_stalled_s=float(tagged.upserted.stalled_s.value),
     )

@@ -141,7 +141,7 @@ class BatchWriter:
         model = self.models.get()
         if self.models.version is not None:
             self.stats.metrics.model_in_use(self.models.version)
-        tagged = tag_rows(batch, model, self.settings, f"batch {batch_id}")
+        tagged = tag_rows(batch, model, self.settings, f"batch {batch_id}", upsert=True)
         try:
             tag_s = time.monotonic() - started
             written = write_outputs(self.settings, tagged, self.sink, str(batch_id))
@@ -375,6 +375,10 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
     from imagetag.spark import spark_session
 
     spark = spark_session(settings, "imagetag-stream")
+    # One micro-batch per arriving batch of images: without this, every batch is followed by
+    # one without data, run because the de-duplication's watermark moved (it only evicts state).
+    if "spark.sql.streaming.noDataMicroBatches.enabled" not in settings.spark.conf:
+        spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
     stopper = Stopper(settings.spark.stop_timeout_seconds)
     stopper.install()
     stats = BatchStats()

@@ -466,7 +466,7 @@ class Backfill:
             self._archive(rows, splits)
         try:
             started = time.monotonic()
-            tagged = tag_rows(rows, model_bc, self.settings, f"round {token[:60]}")
+            tagged = tag_rows(rows, model_bc, self.settings, f"round {token[:60]}", upsert=True)
             try:
                 assert self.sink is not None
                 tag_s = time.monotonic() - started
