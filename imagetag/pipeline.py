@@ -1,10 +1,11 @@
 """Spark plumbing shared by the stream and the backfill: tag a DataFrame, write the results.
 
-``tag_frame`` runs ``tag_batch`` (through ``imagetag.records``) in ``mapInPandas`` with the
-current model broadcast once per version; ``write_outputs`` sends the tagged rows to Solr
-(stalling while Solr is down), the undecided ones to the review topic and the undecodable ones
-to the dead-letter topic. Both the streaming job's ``foreachBatch`` and the backfill call these,
-so the two write exactly the same things.
+``tag_rows`` runs ``tag_batch`` (through ``imagetag.records``) in ``mapInPandas`` with the
+current model broadcast once per version, and in the same Spark job upserts the tagged rows into
+Solr from the executors (stalling while Solr is down); ``write_outputs`` then sends the
+undecided ones to the review topic and the undecodable ones to the dead-letter topic in one
+Kafka transaction. Both the streaming job's ``foreachBatch`` and the backfill call these, so the
+two write exactly the same things.
 """
 
 from __future__ import annotations
