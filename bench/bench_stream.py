@@ -109,6 +109,8 @@ class Snapshot:
     rows: float = 0.0
     nodata_s: float = 0.0
     steps: Mapping[str, float] = field(default_factory=dict)
+    # phases timed inside another (the stream's executors upsert into Solr inside the tag job)
+    nested: frozenset[str] = frozenset()
 
     def __sub__(self, other: Snapshot) -> Snapshot:
         return Snapshot(
@@ -119,6 +121,7 @@ class Snapshot:
             rows=self.rows - other.rows,
             nodata_s=self.nodata_s - other.nodata_s,
             steps={k: v - other.steps.get(k, 0.0) for k, v in self.steps.items()},
+            nested=self.nested,
         )
 
     def per_batch(self) -> dict[str, float]:
@@ -128,7 +131,9 @@ class Snapshot:
             return {}
         n = self.data_batches
         out = {"batch": self.batch_s / n} | {k: v / n for k, v in self.phase_s.items()}
-        out["other"] = out["batch"] - sum(out.get(phase, 0.0) for phase in PHASES)
+        out["other"] = out["batch"] - sum(
+            out.get(phase, 0.0) for phase in PHASES if phase not in self.nested
+        )
         out |= {f"spark {step}": v / n for step, v in self.steps.items()}
         return out
 
@@ -173,6 +178,7 @@ def stream_snapshot(
         rows=total("imagetag_stream_records_total"),
         # the log's milliseconds are rounded: never below nothing
         nodata_s=max(0.0, every_batch - sum(with_data.values())),
+        nested=frozenset({"solr"}),
         steps={
             labels["step"]: value
             for labels, value in samples.get("imagetag_stream_trigger_step_seconds_sum", [])
@@ -626,7 +632,8 @@ def breakdown_rows(by_kind: Mapping[str, Snapshot | None]) -> list[tuple[str, st
             ms = means[name] * 1000
             pct = 100 * means[name] / means["batch"] if means["batch"] else math.nan
             inside = name not in ("batch", "consume")  # a share of the batch
-            return f"{ms:.0f} ms" + (f" ({fmt(pct, '.0f')}%)" if inside else "")
+            within = " inside tag" if name in snap.nested else ""
+            return f"{ms:.0f} ms" + (f" ({fmt(pct, '.0f')}%{within})" if inside else "")
 
         return render
 
