@@ -40,9 +40,11 @@ def spark_home() -> Path:
 
 
 def pyspark_version() -> str:
-    import pyspark
+    """The installed pyspark's version, from its package metadata (importing pyspark for it
+    takes a second ``imagetag status`` need not spend)."""
+    from importlib.metadata import version
 
-    return str(pyspark.__version__)
+    return version("pyspark")
 
 
 def loopback_driver_conf(settings: Settings) -> dict[str, str]:

@@ -73,6 +73,7 @@ from imagetag.kafka_admin import failure_line, group_lag
 from imagetag.metrics import parse
 from imagetag.settings import Settings
 from imagetag.solr import refusal
+from imagetag.spark import pyspark_version
 
 log = logging.getLogger(__name__)
 
@@ -817,17 +818,6 @@ def spark_master_state(master: str, version: str | None, state: Mapping[str, Any
     if status != "ALIVE":
         detail = f"master {status}; {detail}"
     return ServiceState("spark", status == "ALIVE", master, version, detail)
-
-
-def pyspark_version() -> str | None:
-    """The installed pyspark's version, from its metadata: importing pyspark (as
-    ``imagetag.spark.pyspark_version`` does) takes a second status need not spend."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pyspark")
-    except PackageNotFoundError:
-        return None
 
 
 # -- the stream ------------------------------------------------------------------------------
