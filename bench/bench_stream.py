@@ -318,7 +318,7 @@ def isolated_run(settings: Settings, tag: str, tmp: Path) -> AbstractContextMana
         base,
         checkpoint_dir=str(tmp / base / "checkpoints"),
         archive_dir=str(tmp / base / "archive"),
-        spark={"trigger_seconds": 1.0, "max_offsets_per_trigger": 2000},
+        spark={"max_offsets_per_trigger": 2000},
     )
 
 

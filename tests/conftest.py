@@ -8,6 +8,7 @@ on the default ports. It is stopped at the end of the session if this session st
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -23,7 +24,15 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 # The test stack's own ports (the defaults + 10000), so it never meets a developer's stack.
-TEST_PORTS = {"kafka": 19092, "kafka_controller": 19093, "solr": 18983}
+# IMAGETAG_TEST_STACK="kafka,controller,solr,home" moves it (a second checkout's tests running
+# beside the first, e.g. "39092,39093,38983,.stack/other").
+_MOVED = os.environ.get("IMAGETAG_TEST_STACK", "").split(",")
+TEST_PORTS = (
+    {"kafka": int(_MOVED[0]), "kafka_controller": int(_MOVED[1]), "solr": int(_MOVED[2])}
+    if len(_MOVED) == 4
+    else {"kafka": 19092, "kafka_controller": 19093, "solr": 18983}
+)
+TEST_HOME = _MOVED[3] if len(_MOVED) == 4 else ".stack/test"
 
 
 def _unique(prefix: str, request: pytest.FixtureRequest) -> str:
@@ -38,7 +47,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings.load(
         kafka={"bootstrap_servers": f"127.0.0.1:{TEST_PORTS['kafka']}"},
         solr={"url": f"http://127.0.0.1:{TEST_PORTS['solr']}/solr", "commit_within_ms": 200},
-        stack={"home": ".stack/test", "kafka_controller_port": TEST_PORTS["kafka_controller"]},
+        stack={"home": TEST_HOME, "kafka_controller_port": TEST_PORTS["kafka_controller"]},
         spark={"driver_memory": "2g", "shuffle_partitions": 2},
         # any free port: several streams and backfills may run at once, none on 9108 / 9109
         metrics={"stream_port": 0, "backfill_port": 0},
