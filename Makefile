@@ -26,9 +26,11 @@ $(JVM)/%/.fetched: jvm/%/pom.xml
 	@touch $@
 
 # Debian packages the demo and the tests use: Fashion-MNIST (real training data), kcat (an
-# independent Kafka client), docker-compose (validates docker-compose.yml without an engine).
+# independent Kafka client), docker-compose (validates docker-compose.yml without an engine),
+# chromium + chromium-driver (the web app's real-browser tests, through Selenium).
 # Installed only when missing, and only when we may (root with apt).
-DEB_PACKAGES := dataset-fashion-mnist:$(FASHION) kcat:/usr/bin/kcat docker-compose:/usr/bin/docker-compose
+DEB_PACKAGES := dataset-fashion-mnist:$(FASHION) kcat:/usr/bin/kcat docker-compose:/usr/bin/docker-compose \
+	chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver
 debian-packages:
 	@missing=""; for entry in $(DEB_PACKAGES); do \
 	  [ -e "$${entry#*:}" ] || missing="$$missing $${entry%%:*}"; done; \

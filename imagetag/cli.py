@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "reindex": "rebuild the Solr index into a new collection, then switch the alias (blue/green)",
     "dlq": "replay dead letters: send their original bytes back to the input topic",
     "submit": "run a Spark job (stream, backfill, train, ...) through spark-submit on spark.master",
+    "web": "serve the web app: search with facets and a confidence slider, images, status",
 }
 
 

@@ -5,14 +5,18 @@
 3. start ``imagetag stream`` as its own process;
 4. produce the 10,000 Fashion-MNIST test images plus a handful of corrupt files;
 5. wait until every record is accounted for (Solr + review + dead letters) and print the
-   figures, then stop the stream (the stack keeps running for the queries it suggests).
+   figures, then stop the stream (the stack keeps running for the queries it suggests);
+6. start ``imagetag web`` on the demo's data, detached (so ``make demo`` returns), and print
+   its address.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -204,7 +208,55 @@ def run(settings: Settings) -> int:
     finally:
         stream.terminate()
         stream.wait(120)
+    start_web(settings)
     return 0
+
+
+def start_web(settings: Settings, timeout_s: float = 60.0) -> str | None:
+    """``imagetag web`` as a detached process (its own session, output to
+    ``<stack.home>/logs/web.log``, pid in ``<stack.home>/web.pid``), after stopping the one a
+    previous demo left; prints and returns its address (None, with the log's end, if it did
+    not start)."""
+    home = settings.stack.home
+    pid_file, log_path = home / "web.pid", home / "logs" / "web.log"
+    _stop_web(pid_file)
+    started = step("starting the web app on the demo's data (`imagetag web`, detached)")
+    with open(log_path, "wb") as log_file:
+        web = subprocess.Popen(
+            [IMAGETAG, "web"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pid_file.write_text(f"{web.pid}\n")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and web.poll() is None:
+        found = re.findall(r"web on (http://\S+)", log_path.read_text(errors="replace"))
+        if found:
+            done(started, f"pid {web.pid}, log {log_path}")
+            print(f"\n==> the web app: {found[0]}   (stop it: kill $(cat {pid_file}))")
+            return str(found[0])
+        time.sleep(0.3)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+    print("    the web app did not start: " + " | ".join(tail), file=sys.stderr)
+    return None
+
+
+def _stop_web(pid_file: Path) -> None:
+    """Stop the ``imagetag web`` whose pid ``pid_file`` holds, if that process is still ours."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if not any(part.endswith(b"imagetag") for part in command) or b"web" not in command:
+        return
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.2)
 
 
 def _wait(
@@ -262,6 +314,9 @@ def report(
     print("    .venv/bin/imagetag search --similar-to <id from the line above>")
     print("    .venv/bin/imagetag status                             # while a stream runs")
     print("    .venv/bin/imagetag stack down                         # when you are done")
+    print(
+        "    .venv/bin/imagetag web                                # the web app (the demo starts it)"
+    )
 
 
 def _parse(stamp: str) -> float:

@@ -3,7 +3,9 @@
 ``to_solr_doc`` turns one tagged row (a mapping as produced by ``tag_batch``) into a Solr
 document of ``solr_config/imagetag/conf/schema.xml``: the image id is the document id, every
 class's vote fraction a ``vote_<class>`` field, the model's vector projected onto the
-``vector`` field's dimension. No Solr client here (``imagetag.solr`` sends the documents).
+``vector`` field's dimension, the 64-bit pHash also as four 16-bit bands (``phash_b0`` ..
+``phash_b3``, for near-duplicate search). No Solr client here (``imagetag.solr`` sends the
+documents).
 """
 
 from __future__ import annotations
@@ -24,6 +26,28 @@ _PROJECTION_SEED = 20261122
 _projections: dict[int, np.ndarray] = {}
 
 _SLUG = re.compile(r"[^a-z0-9]+")
+
+# The pHash (16 hex digits, 64 bits) is also indexed as PHASH_BANDS exact 16-bit bands:
+# two hashes at most PHASH_BANDS - 1 bits apart share at least one band exactly (pigeonhole),
+# so near-duplicates are found by looking up band terms (multi-index hashing, Norouzi et al.)
+# instead of comparing against every document.
+PHASH_BANDS = 4
+_PHASH = re.compile(r"[0-9a-f]{16}")
+
+
+def phash_band_field(band: int) -> str:
+    """Solr field holding band ``band`` (0 = the most significant 16 bits) of the pHash."""
+    return f"phash_b{band}"
+
+
+def phash_bands(phash: str) -> list[str] | None:
+    """The four 16-bit bands of a pHash, as 4 hex digits each, most significant first; None
+    for anything that is not 16 hex digits."""
+    value = phash.strip().lower()
+    if not _PHASH.fullmatch(value):
+        return None
+    width = len(value) // PHASH_BANDS
+    return [value[i * width : (i + 1) * width] for i in range(PHASH_BANDS)]
 
 
 def vote_field(label: str) -> str:
@@ -91,6 +115,9 @@ def to_solr_doc(row: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("width", "height", "size"):
         if row.get(name) is not None:
             doc[name] = int(row[name])
+    bands = phash_bands(doc["phash"]) if "phash" in doc else None
+    for band, value in enumerate(bands or []):
+        doc[phash_band_field(band)] = value
     if row.get("confidence") is not None:
         doc["confidence"] = float(row["confidence"])
     doc["tags"] = [str(t) for t in _plain(row.get("tags")) or []]

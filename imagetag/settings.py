@@ -160,6 +160,31 @@ class StackSettings(_Section):
     spark_daemon_heap: str = "512m"
 
 
+class WebSettings(_Section):
+    """``imagetag web``: where it listens, what a page shows, and what an upload may be.
+
+    A port of 0 takes any free port (the app logs ``web on http://...``: the tests use it).
+    The upload limits are checked before anything is decoded: the request's length against
+    ``max_upload_bytes`` before its body is read, the image header's size against
+    ``max_upload_pixels`` / ``max_upload_side`` before the pixels are."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    threads: int = Field(default=4, ge=1, le=64)
+    page_size: int = Field(default=24, ge=1, le=200)
+    # Results past this rank are not paged to (deep paging is the slowest Solr query).
+    max_results: int = Field(default=10_000, ge=1)
+    similar: int = Field(default=12, ge=1, le=100)
+    # Near-duplicates: pHashes at most this many bits apart (of 64), found through the four
+    # 16-bit band fields (imagetag.documents.phash_bands) and verified in the app; at most
+    # ``near_duplicate_candidates`` candidates are verified per image.
+    near_duplicate_distance: int = Field(default=4, ge=0, le=11)
+    near_duplicate_candidates: int = Field(default=2000, ge=1, le=100_000)
+    max_upload_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    max_upload_pixels: int = Field(default=16_000_000, ge=1)
+    max_upload_side: int = Field(default=8192, ge=1)
+
+
 class Settings(BaseSettings):
     """Everything configurable. Frozen; build it once with :meth:`load`."""
 
@@ -176,6 +201,7 @@ class Settings(BaseSettings):
     limits: ImageLimits = ImageLimits()
     stack: StackSettings = StackSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
     model_store: str = "models"  # a local path or any Hadoop filesystem URI Spark can write
     checkpoint_dir: str = ".stack/checkpoints"
     archive_dir: str = ".stack/archive"

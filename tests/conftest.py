@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 # The test stack's own ports (the defaults + 10000), so it never meets a developer's stack.
-# IMAGETAG_TEST_STACK="kafka,controller,solr,home" moves it (a second checkout's tests running
+# TEST_IMAGETAG_STACK="kafka,controller,solr,home" moves it (a second checkout's tests running
 # beside the first, e.g. "39092,39093,38983,.stack/other").
-_MOVED = os.environ.get("IMAGETAG_TEST_STACK", "").split(",")
+_MOVED = os.environ.get("TEST_IMAGETAG_STACK", "").split(",")
 TEST_PORTS = (
     {"kafka": int(_MOVED[0]), "kafka_controller": int(_MOVED[1]), "solr": int(_MOVED[2])}
     if len(_MOVED) == 4
