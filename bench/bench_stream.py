@@ -673,7 +673,13 @@ class Result:
     idle_spent: Snapshot | None = None
 
 
-def report(results: Mapping[str, Result], raw: float, images: int, settings: Settings) -> str:
+def report(
+    results: Mapping[str, Result],
+    raw: float,
+    images: int,
+    settings: Settings,
+    rate: float | None = None,
+) -> str:
     """Every table, stream and peer side by side (``-`` for a pipeline not run)."""
 
     def both(render: Callable[[Result], str]) -> tuple[str, str]:
@@ -699,8 +705,9 @@ def report(results: Mapping[str, Result], raw: float, images: int, settings: Set
     lat = {kind: percentiles(r.latencies) for kind, r in results.items()}
     tables.append(
         format_table(
-            "latency produce -> searchable, producing at half each pipeline's own throughput "
-            f"(trigger / poll {settings.spark.trigger_seconds:g}s, "
+            "latency produce -> searchable, producing at "
+            + (f"{rate:g} images/s " if rate else "half each pipeline's own throughput ")
+            + f"(trigger / poll {settings.spark.trigger_seconds:g}s, "
             f"commitWithin {settings.solr.commit_within_ms}ms)",
             [
                 ("rate (images/s)", *both(lambda r: fmt(r.rate, ".0f"))),
@@ -761,6 +768,13 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--idle-images", type=int, default=10)
     parser.add_argument("--only", choices=("stream", "peer", "both"), default="both")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="images/s of the latency run (default: half the run's own throughput); a fixed "
+        "rate compares two settings at the same load on a noisy machine",
+    )
     parser.add_argument("--plots", type=Path, default=PLOTS_DIR, help="folder for the PNGs")
     args = parser.parse_args()
     settings = Settings.load()
@@ -788,7 +802,7 @@ def main() -> int:
         note(f"{kind}: throughput over {len(data)} images")
         with isolated_run(settings, f"{kind}_tput", tmp) as run:
             result.throughput, result.drained = throughput(kind, run, data, tmp, result.timeline)
-        result.rate = result.throughput / 2
+        result.rate = args.rate or result.throughput / 2
         count = max(1, int(result.rate * args.latency_seconds))
         note(f"{kind}: latency at {result.rate:.0f} images/s, then {len(idle_images)} idle images")
         with (
@@ -799,7 +813,7 @@ def main() -> int:
             result.latencies = latency(started, run, fashion_images(count), result.rate)
             result.idle, result.idle_spent = idle_latency(started, run, idle_images)
     print()
-    print(report(results, raw, len(data), settings))
+    print(report(results, raw, len(data), settings, args.rate))
     written = write_plots(
         args.plots,
         latencies_s={kind: r.latencies for kind, r in results.items()},
@@ -812,8 +826,8 @@ def main() -> int:
             for kind, r in results.items()
         },
         progress={kind: r.timeline for kind, r in results.items()},
-        subtitle="half each pipeline's throughput, "
-        f"trigger / poll {settings.spark.trigger_seconds:g}s",
+        subtitle=(f"{args.rate:g} images/s, " if args.rate else "half each pipeline's throughput, ")
+        + f"trigger / poll {settings.spark.trigger_seconds:g}s",
     )
     print("\nplots: " + ", ".join(str(p) for p in written))
     return 0
