@@ -48,7 +48,7 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest tests/unit -q
-	$(BIN)/python -m pytest tests/integration tests/e2e -q
+	$(BIN)/python -m pytest tests/integration tests/e2e -q --durations=15
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit -q
