@@ -53,7 +53,7 @@ from imagetag.sourceformats import SourceKind
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from batch.backfill import BackfillSummary
 
@@ -217,6 +217,26 @@ def export_partition(folder: str) -> Callable[[Iterable[pd.DataFrame]], Iterator
     return run
 
 
+def latest_labels(archived: DataFrame) -> DataFrame:
+    """(id, image, content_type, label) of each archived image that carries a label, once: its
+    LAST labelled record (latest ``ingested_at``, then Kafka offset). An image sent again with
+    a corrected label (the web app's review corrections) is archived again, and the correction
+    wins over the label it was first sent with."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = [F.col("ingested_at").desc_nulls_last()]
+    if "kafka_offset" in archived.columns:
+        order.append(F.col("kafka_offset").desc_nulls_last())
+    latest = Window.partitionBy("id").orderBy(*order)
+    return (
+        archived.where("label IS NOT NULL AND label != ''")
+        .withColumn("_rank", F.row_number().over(latest))
+        .where("_rank = 1")
+        .select("id", "image", "content_type", "label")
+    )
+
+
 def archive_rows(spark: SparkSession, settings: Settings, work: Path) -> list[tuple[str, str]]:
     """Export the archived images that carry a label (stream archive + backfill archive) as
     files under ``work/archive``; returns their (path, label)."""
@@ -226,12 +246,7 @@ def archive_rows(spark: SparkSession, settings: Settings, work: Path) -> list[tu
     if not files:
         return []
     folder = str((work / "archive").resolve())
-    labelled = (
-        spark.read.parquet(*[spark_path(f) for f in files])
-        .where("label IS NOT NULL AND label != ''")
-        .select("id", "image", "content_type", "label")
-        .dropDuplicates(["id"])
-    )
+    labelled = latest_labels(spark.read.parquet(*[spark_path(f) for f in files]))
     rows = labelled.mapInPandas(export_partition(folder), "path string, label string").collect()
     return [(str(r["path"]), str(r["label"])) for r in rows]
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import re
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -111,7 +114,9 @@ def main() -> int:
         print(f"no CURRENT model in {settings.model_store}: run `imagetag train` first")
         return 1
     LocalStack(settings).up()
-    with isolated_settings(settings, f"bench_web_{uuid.uuid4().hex[:8]}") as bench:
+    scratch = Path(tempfile.mkdtemp(prefix="bench_web_"))  # the app's secret key and view
+    web = {"users_file": str(scratch / "users.json"), "view_db": str(scratch / "view.sqlite")}
+    with isolated_settings(settings, f"bench_web_{uuid.uuid4().hex[:8]}", web=web) as bench:
         written, seconds, image_id = index(bench, args.images)
         print(f"  {written} documents in {seconds:.0f}s ({written / seconds:.0f} images/s)")
         server = WebServer(create_app(bench), "127.0.0.1", 0, bench.web.threads)
@@ -127,9 +132,15 @@ def main() -> int:
 
             return call
 
+        # The search page's form carries the session's CSRF token (every POST needs it).
+        form = session.get(server.url + "/", timeout=60).text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+        assert token, "no csrf_token in the search page's form"
+
         def upload() -> None:
             files = {"image": ("example.png", example, "image/png")}
-            response = session.post(server.url + "/example", files=files, timeout=60)
+            data = {"csrf_token": token.group(1)}
+            response = session.post(server.url + "/example", files=files, data=data, timeout=60)
             assert response.status_code == 200, response.status_code
 
         pages = [

@@ -183,6 +183,28 @@ class WebSettings(_Section):
     max_upload_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(default=16_000_000, ge=1)
     max_upload_side: int = Field(default=8192, ge=1)
+    # Part 2: login, upload to ingest, review and corrections (imagetag.web.auth / .review).
+    # Users (argon2 hashes, roles) live in ``users_file``; the session cookie is signed with
+    # ``secret_key``, else with a key generated once into ``<users_file>.secret`` (0600).
+    users_file: str = ".stack/web/users.json"
+    secret_key: SecretStr | None = None
+    secure_cookies: bool = False  # the cookie's Secure flag (set it behind HTTPS)
+    session_hours: float = Field(default=12.0, gt=0)
+    login_required_for_search: bool = False
+    # Failed logins: after ``login_free_failures`` per user or per client address, each new
+    # attempt waits ``login_delay_s`` doubling with each failure, at most ``login_max_delay_s``.
+    login_free_failures: int = Field(default=5, ge=1)
+    login_delay_s: float = Field(default=2.0, gt=0)
+    login_max_delay_s: float = Field(default=300.0, gt=0)
+    max_upload_files: int = Field(default=20, ge=1, le=1000)
+    # The review queue's materialised view: SQLite fed from images.review and images.dlq.
+    view_db: str = ".stack/web/view.sqlite"
+    view_group: str = "imagetag-web-view"
+    view_poll_s: float = Field(default=1.0, gt=0)
+    # Solr user for the one write the app makes (a correction's atomic update of ``label``):
+    # the indexer; on a secured local stack taken from its credentials when unset.
+    label_username: str | None = None
+    label_password: SecretStr | None = None
 
 
 class Settings(BaseSettings):

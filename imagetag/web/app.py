@@ -17,6 +17,7 @@ anything else a 500 whose traceback goes to the log only.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import threading
@@ -32,9 +33,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from imagetag.documents import project_vector, vote_field
 from imagetag.errors import ServiceError
 from imagetag.settings import Settings
-from imagetag.web import queries
+from imagetag.web import queries, routes
+from imagetag.web.auth import UserStore, secret_key
 from imagetag.web.backend import PLOTS, ModelSource, Searcher, SolrSearcher, archived_original
+from imagetag.web.ingest import LabelWriter, ProducerSender, Sender, SolrLabelWriter, iso
 from imagetag.web.queries import QueryError, SearchQuery
+from imagetag.web.review import ViewStore
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +46,12 @@ log = logging.getLogger(__name__)
 MULTIPART_SLACK = 64 * 1024
 _ERROR_TITLES = {
     400: "Bad request",
+    401: "Log in first",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     413: "Upload too large",
+    429: "Too many attempts",
     500: "Internal error",
     503: "Service unavailable",
 }
@@ -122,13 +129,36 @@ def create_app(
     searcher: Searcher | None = None,
     models: ModelSource | None = None,
     status: Callable[[], Any] | None = None,
+    users: UserStore | None = None,
+    view: ViewStore | None = None,
+    sender: Sender | None = None,
+    labels: LabelWriter | None = None,
 ) -> Flask:
     """The app over ``settings`` (Solr, the model store, the web section). ``searcher``,
     ``models`` and ``status`` replace the real Solr, model store and ``imagetag.status.gather``
-    (the unit tests give fakes)."""
+    (the unit tests give fakes); ``sender`` and ``labels`` the Kafka producer and the Solr
+    label writer. The view's feeder (:class:`imagetag.web.review.ViewFeeder`) is started by
+    ``imagetag web``, not here."""
     app = Flask(__name__)
     web = settings.web
     app.config["MAX_CONTENT_LENGTH"] = web.max_upload_bytes + MULTIPART_SLACK
+    app.secret_key = secret_key(
+        web.secret_key.get_secret_value() if web.secret_key else None, web.users_file
+    )
+    app.config.update(
+        SESSION_COOKIE_NAME="imagetag_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=web.secure_cookies,
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=web.session_hours),
+    )
+    upload_body = web.max_upload_files * min(web.max_upload_bytes, settings.limits.max_bytes)
+
+    @app.before_request
+    def body_limit() -> None:
+        if request.path == "/upload":  # many files: each is checked on its own
+            request.max_content_length = upload_body + MULTIPART_SLACK
+
     solr: Searcher = searcher or SolrSearcher(settings)
     model_source = models or ModelSource(settings.model_store)
     threshold = settings.vote_threshold
@@ -436,6 +466,32 @@ def create_app(
         response = Response(png, mimetype="image/png")
         response.headers["Cache-Control"] = "max-age=300"
         return response
+
+    def find(image_id: str) -> dict[str, Any] | None:
+        try:
+            params = queries.image_request(image_id)
+        except QueryError:
+            return None
+        docs = solr.select("*:*", params).get("response", {}).get("docs", [])
+        return dict(docs[0]) if docs else None
+
+    def archived(image_id: str, ingested_ms: int | None) -> bytes | None:
+        return archived_original(settings.archive_dir, image_id, iso(ingested_ms))
+
+    view_store = view or ViewStore(web.view_db)
+    app.extensions["imagetag.view"] = view_store
+    routes.install(
+        app,
+        settings,
+        users=users or UserStore(web.users_file),
+        view=view_store,
+        sender=sender or ProducerSender(settings),
+        labels=labels or SolrLabelWriter(settings),
+        fetch=find,
+        classes=model_source.classes,
+        error_page=error_page,
+        archived=archived,
+    )
 
     @app.get("/healthz")
     def health() -> Response:

@@ -59,10 +59,15 @@ def near_copy(png: bytes) -> bytes:
 
 
 @pytest.fixture
-def indexed(isolated_settings: Settings, model_store: str) -> tuple[Settings, pd.DataFrame]:
+def indexed(
+    isolated_settings: Settings, model_store: str, tmp_path: Path
+) -> tuple[Settings, pd.DataFrame]:
     """The test's collection holding IMAGES tagged Fashion-MNIST test images (+ a near copy
     of the first), tagged in-process as the stream tags them."""
-    settings = isolated_settings.derive(model_store=model_store, web={"port": 0})
+    web = {"port": 0, "users_file": str(tmp_path / "users.json")}
+    settings = isolated_settings.derive(
+        model_store=model_store, web=web | {"view_db": str(tmp_path / "view.sqlite")}
+    )
     records = read_idx(*fashion_mnist_paths("test"), count=IMAGES, label_names=FASHION_MNIST_LABELS)
     images = [(r.data, r.label) for r in records]
     images.append((near_copy(images[0][0]), images[0][1]))

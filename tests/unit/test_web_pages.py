@@ -67,9 +67,30 @@ def store(tmp_path: Path) -> str:
 def client_for(
     solr: FakeSolr, store: str, status: Callable[[], Any] | None = None, **web: Any
 ) -> FlaskClient:
+    home = Path(store).parent
+    web = {"users_file": str(home / "users.json"), "view_db": str(home / "view.sqlite"), **web}
     settings = Settings.load(model_store=store, web=web)
-    app = create_app(settings, searcher=solr, models=ModelSource(store), status=status)
-    return app.test_client()
+    app = create_app(
+        settings, searcher=solr, models=ModelSource(store), status=status, sender=NoKafka()
+    )
+    client = app.test_client()
+    with client.session_transaction() as session:  # the CSRF token a page would have given
+        session["csrf"] = CSRF
+    client.environ_base["HTTP_X_CSRF_TOKEN"] = CSRF
+    return client
+
+
+CSRF = "test-csrf-token"
+
+
+class NoKafka:
+    """These pages never send to Kafka: any attempt fails the test."""
+
+    def validate(self, data: bytes) -> str:
+        raise AssertionError("no page here validates for Kafka")
+
+    def send(self, data: bytes, label: Any, metadata: Any, source: str) -> str:
+        raise AssertionError("no page here sends to Kafka")
 
 
 def search_answer(q: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -344,7 +365,11 @@ def test_the_original_bytes_come_from_the_archive_partition_of_the_ingest_day(
         image_id = params["fq"][0].split('"')[1]
         return found(doc(image_id, ingested_at=stamps[image_id]))
 
-    settings = Settings.load(model_store=store, archive_dir=str(tmp_path / "archive"))
+    settings = Settings.load(
+        model_store=store,
+        archive_dir=str(tmp_path / "archive"),
+        web={"users_file": str(tmp_path / "users.json"), "view_db": str(tmp_path / "v.sqlite")},
+    )
     client = create_app(
         settings, searcher=FakeSolr(answer), models=ModelSource(store)
     ).test_client()
