@@ -349,16 +349,7 @@ def create_app(
     def original(image_id: str) -> Response:
         doc = fetch(image_id)
         data = archived_original(settings.archive_dir, doc["id"], doc.get("ingested_at"))
-        if data is None:
-            abort(404, "The raw archive does not hold this image's original bytes.")
-        from imagetag.formats import CONTENT_TYPES, sniff_format
-
-        fmt = sniff_format(data)
-        if fmt is None:
-            abort(404, "The archived bytes are not an image of a supported format.")
-        response = Response(data, mimetype=CONTENT_TYPES[fmt])
-        response.headers["Content-Security-Policy"] = "sandbox"
-        return response
+        return routes.original_image(data, "The raw archive does not hold this image's bytes.")
 
     # -- search by example -----------------------------------------------------------------
 

@@ -313,16 +313,7 @@ def install(
     def review_original(image_id: str) -> Response:
         item = view.reviewed(image_id) if HEX64.match(image_id) else None
         data = archived(image_id, item.ingested_at) if item else None
-        if data is None:
-            abort(404, "The raw archive does not hold this image (yet).")
-        from imagetag.formats import CONTENT_TYPES, sniff_format
-
-        fmt = sniff_format(data)
-        if fmt is None:
-            abort(404, "The archived bytes are not an image.")
-        response = Response(data, mimetype=CONTENT_TYPES[fmt])
-        response.headers["Content-Security-Policy"] = "sandbox"
-        return response
+        return original_image(data, "The raw archive does not hold this image (yet).")
 
     @app.post("/label/<image_id>")
     @needs(REVIEWER)
@@ -373,6 +364,21 @@ def install(
             view.mark_resent(c.seq, "sent again with its label")
 
     app.extensions["imagetag.resend_pending"] = resend_pending
+
+
+def original_image(data: bytes | None, missing: str) -> Response:
+    """An image's original bytes from the archive, served as the type its magic bytes say (404
+    with ``missing`` when there are none, or when they are no supported image), in a sandbox."""
+    from imagetag.formats import CONTENT_TYPES, sniff_format
+
+    if data is None:
+        abort(404, missing)
+    fmt = sniff_format(data)
+    if fmt is None:
+        abort(404, "The archived bytes are not an image of a supported format.")
+    response = Response(data, mimetype=CONTENT_TYPES[fmt])
+    response.headers["Content-Security-Policy"] = "sandbox"
+    return response
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,25 @@ def assert_exact(settings: Settings, ids: set[str], dead: int) -> None:
     assert set(solr_ids).isdisjoint(review)
     assert set(solr_ids) | set(review) == ids
     assert len(services.topic_records(settings, settings.kafka.topic_dlq)) == dead
+
+
+def start_web(settings: Settings, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`imagetag web` as its own process on ``settings`` (a free port: ``web.port`` 0), its
+    output in ``log_path``; returns the process and its address, once it listens."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [IMAGETAG, "web"],
+            env=settings_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    found: list[str] = []
+
+    def started() -> bool:
+        assert process.poll() is None, log_path.read_text()
+        found.extend(re.findall(r"web on (http://\S+)", log_path.read_text()))
+        return bool(found)
+
+    wait_until(started, 60, "imagetag web to listen", interval_s=0.2)
+    return process, found[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from imagetag.documents import to_solr_doc
 from imagetag.settings import Settings
 from imagetag.solr import SolrWriter
 from imagetag.tagging import tag_batch
-from tests.e2e.conftest import IMAGETAG, ROOT, settings_env, wait_until
+from tests.e2e.conftest import ROOT, start_web
 
 SCREENSHOTS = ROOT / "tests" / "e2e" / "screenshots"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -98,25 +97,9 @@ def indexed(
 def web(indexed: tuple[Settings, pd.DataFrame], tmp_path: Path) -> Iterator[str]:
     """`imagetag web` on a free port; yields its address (from its log line)."""
     settings, _ = indexed
-    log_path = tmp_path / "web.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [IMAGETAG, "web"],
-            env=settings_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+    process, url = start_web(settings, tmp_path / "web.log")
     try:
-        found: list[str] = []
-
-        def started() -> bool:
-            assert process.poll() is None, log_path.read_text()
-            found.extend(re.findall(r"web on (http://\S+)", log_path.read_text()))
-            return bool(found)
-
-        wait_until(started, 60, "imagetag web to listen", interval_s=0.2)
-        yield found[0]
+        yield url
     finally:
         process.terminate()
         process.wait(30)

@@ -41,6 +41,7 @@ from tests.e2e.conftest import (
     StreamProcess,
     run_imagetag,
     settings_env,
+    start_web,
     wait_until,
 )
 
@@ -92,26 +93,6 @@ def browser() -> Iterator[WebDriver]:
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
-
-
-def start_web(settings: Settings, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [IMAGETAG, "web"],
-            env=settings_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    found: list[str] = []
-
-    def started() -> bool:
-        assert process.poll() is None, log_path.read_text()
-        found.extend(re.findall(r"web on (http://\S+)", log_path.read_text()))
-        return bool(found)
-
-    wait_until(started, 60, "imagetag web to listen", interval_s=0.2)
-    return process, found[0]
 
 
 def archived_label(archive: str, image_id: str) -> list[str]:
