@@ -358,6 +358,54 @@ class _KafkaPythonClient:
         self._producer.close(timeout=5)
 
 
+def validate_image(
+    image: bytes | bytearray | memoryview | str | Path, max_bytes: int
+) -> tuple[bytes, str, str]:
+    """Read and check one input as ``ImageProducer.send`` does, with no Kafka client; returns
+    (bytes, format, default source URI).
+
+    Raises ImageRefused (reason ``empty``, ``too_many_bytes``, ``not_an_image`` or
+    ``unreadable``). A path is stat'ed before it is read, so an oversize file is refused
+    without loading it.
+    """
+
+    def check_size(size: int, source: str, data: bytes | None = None) -> None:
+        if size == 0:
+            raise ImageRefused(EMPTY, "0 bytes", source, data)
+        if size > max_bytes:
+            raise ImageRefused(
+                TOO_MANY_BYTES, f"{size} bytes > limits.max_bytes={max_bytes}", source
+            )
+
+    if isinstance(image, str | Path):
+        path = Path(image)
+        source = path.absolute().as_uri()
+        try:
+            size = path.stat().st_size
+            if not path.is_file():
+                raise ImageRefused(UNREADABLE, "not a regular file", source)
+            check_size(size, source)
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageRefused(UNREADABLE, exc.strerror or str(exc), source) from exc
+    elif isinstance(image, bytes | bytearray | memoryview):
+        data = bytes(image)
+        source = ""
+    else:
+        raise TypeError(f"send() takes bytes or a path, not {type(image).__name__}")
+    check_size(len(data), source or "bytes", data)
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageRefused(
+            NOT_AN_IMAGE,
+            f"not a supported image ({', '.join(sorted(CONTENT_TYPES))}); "
+            f"starts with {data[:8].hex(' ')}",
+            source or "bytes",
+            data,
+        )
+    return data, fmt, source
+
+
 class ImageProducer:
     """Publishes images to a Kafka topic as Avro ``ImageEvent`` messages.
 
@@ -422,47 +470,8 @@ class ImageProducer:
     def validate(
         self, image: bytes | bytearray | memoryview | str | Path
     ) -> tuple[bytes, str, str]:
-        """Read and check one input; returns (bytes, format, default source URI).
-
-        Raises ImageRefused (reason ``empty``, ``too_many_bytes``, ``not_an_image`` or
-        ``unreadable``). A path is stat'ed before it is read, so an oversize file is refused
-        without loading it.
-        """
-        if isinstance(image, str | Path):
-            path = Path(image)
-            source = path.absolute().as_uri()
-            try:
-                size = path.stat().st_size
-                if not path.is_file():
-                    raise ImageRefused(UNREADABLE, "not a regular file", source)
-                self._check_size(size, source)
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ImageRefused(UNREADABLE, exc.strerror or str(exc), source) from exc
-        elif isinstance(image, bytes | bytearray | memoryview):
-            data = bytes(image)
-            source = ""
-        else:
-            raise TypeError(f"send() takes bytes or a path, not {type(image).__name__}")
-        self._check_size(len(data), source or "bytes", data)
-        fmt = sniff_format(data)
-        if fmt is None:
-            raise ImageRefused(
-                NOT_AN_IMAGE,
-                f"not a supported image ({', '.join(sorted(CONTENT_TYPES))}); "
-                f"starts with {data[:8].hex(' ')}",
-                source or "bytes",
-                data,
-            )
-        return data, fmt, source
-
-    def _check_size(self, size: int, source: str, data: bytes | None = None) -> None:
-        if size == 0:
-            raise ImageRefused(EMPTY, "0 bytes", source, data)
-        if size > self.max_bytes:
-            raise ImageRefused(
-                TOO_MANY_BYTES, f"{size} bytes > limits.max_bytes={self.max_bytes}", source
-            )
+        """Read and check one input (:func:`validate_image` with ``limits.max_bytes``)."""
+        return validate_image(image, self.max_bytes)
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -32,6 +32,18 @@ class Sender(Protocol):
         not take it."""
 
 
+def refusal(data: bytes, settings: Settings) -> str:
+    """Why ``ImageProducer`` would refuse ``data`` ("reason: detail"), or "" if it would send
+    it: the producer's own checks (``validate_image``), with no Kafka client."""
+    from producers.producer import ImageRefused, validate_image
+
+    try:
+        validate_image(data, settings.limits.max_bytes)
+    except ImageRefused as exc:
+        return f"{exc.reason}: {exc.detail.removeprefix('bytes: ')}"
+    return ""
+
+
 class ProducerSender:
     """:class:`Sender` over one ``ImageProducer`` for the app's life."""
 
@@ -59,13 +71,7 @@ class ProducerSender:
         self._results[image_id] = error
 
     def validate(self, data: bytes) -> str:
-        from producers.producer import ImageRefused
-
-        try:
-            self._get().validate(data)
-        except ImageRefused as exc:
-            return f"{exc.reason}: {exc.detail.removeprefix('bytes: ')}"
-        return ""
+        return refusal(data, self.settings)
 
     def send(self, data: bytes, label: str | None, metadata: Mapping[str, str], source: str) -> str:
         producer = self._get()

@@ -24,6 +24,7 @@ from imagetag.testing.models import save_bundle, synthetic_bundle
 from imagetag.web.app import create_app
 from imagetag.web.auth import LoginThrottle, UserStore
 from imagetag.web.backend import ModelSource
+from imagetag.web.ingest import refusal
 from imagetag.web.review import ViewStore, decode_records
 from tests.unit.test_web_pages import FakeSolr, doc, found, png
 
@@ -32,22 +33,15 @@ ID_R = "e" * 64
 
 
 class RecordingSender:
-    """The real ImageProducer's validation (no broker is contacted); sends are recorded."""
+    """The real producer's validation (``validate_image``: no Kafka client); sends are
+    recorded."""
 
     def __init__(self, settings: Settings) -> None:
-        from producers.producer import ImageProducer
-
-        self.producer = ImageProducer(settings, check=False)
+        self.settings = settings
         self.sent: list[tuple[bytes, str | None, dict[str, str], str]] = []
 
     def validate(self, data: bytes) -> str:
-        from producers.producer import ImageRefused
-
-        try:
-            self.producer.validate(data)
-        except ImageRefused as exc:
-            return f"{exc.reason}: {exc.detail}"
-        return ""
+        return refusal(data, self.settings)
 
     def send(self, data: bytes, label: str | None, metadata: Any, source: str) -> str:
         import hashlib
