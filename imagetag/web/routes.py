@@ -401,8 +401,9 @@ def _quote(text: str) -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    """A same-site path to go to after login (never another site)."""
-    if not target:
+    """A same-site path to go to after login (never another site: browsers read ``/\\host``
+    as ``//host``, and drop tabs and newlines, so none of those pass)."""
+    if not target or any(c in target for c in "\\\t\r\n"):
         return "/"
     parsed = urlparse(target)
     if parsed.scheme or parsed.netloc or not target.startswith("/") or target.startswith("//"):

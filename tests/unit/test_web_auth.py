@@ -399,3 +399,19 @@ def test_dead_letters_answer_the_status_of_their_image(web: App) -> None:
     state = web.app.test_client().get(f"/api/ingest/{ID_R}").get_json()
     assert state == {**state, "state": "dead", "stage": "decode", "reason": "corrupt"}
     assert web.view.offsets("images.dlq") == {0: 1}
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["https://evil.example/", "//evil.example/", "/\\evil.example/", "/\t/evil.example", "x", ""],
+)
+def test_login_never_sends_anyone_to_another_site(target: str) -> None:
+    from imagetag.web.routes import _safe_next
+
+    assert _safe_next(target) == "/"
+
+
+def test_login_goes_back_to_the_page_it_came_from() -> None:
+    from imagetag.web.routes import _safe_next
+
+    assert _safe_next("/review?page=2") == "/review?page=2"
