@@ -236,6 +236,10 @@ def start_web(settings: Settings, timeout_s: float = 60.0) -> str | None:
         if found:
             done(started, f"pid {web.pid}, log {log_path}")
             print(f"\n==> the web app: {found[0]}   (stop it: kill $(cat {pid_file}))")
+            print(
+                "    search needs no login; to upload and review, add yourself:\n"
+                "    .venv/bin/imagetag web user add <you> --role uploader --role reviewer"
+            )
             return str(found[0])
         time.sleep(0.3)
     tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
