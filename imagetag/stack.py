@@ -210,6 +210,16 @@ class _Service:
         return True
 
 
+def kafka_cluster_id() -> str:
+    """A new KRaft cluster id as Kafka's own ``Uuid.randomUuid()`` makes it: a random UUID,
+    base64url without padding, drawn again while it starts with "-" (which a command line
+    would read as an option: one format in 64 failed that way, ``expected one argument``)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class KafkaService(_Service):
     """Single combined broker+controller in KRaft mode."""
 
@@ -283,9 +293,7 @@ class KafkaService(_Service):
         self.properties.write_text("\n".join(lines))
         cluster_id_file = self.dir / "cluster.id"
         if not cluster_id_file.exists():
-            # Kafka's own random-uuid is a base64url-encoded UUID; so is this.
-            raw = uuid.uuid4().bytes
-            cluster_id_file.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("=") + "\n")
+            cluster_id_file.write_text(kafka_cluster_id() + "\n")
         cluster_id = cluster_id_file.read_text().strip()
         # -g (--ignore-formatted) makes a second format of existing storage harmless. A secured
         # stack's SCRAM users are written at format time (KIP-900), so they exist before the
@@ -299,8 +307,7 @@ class KafkaService(_Service):
             self._java(
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                f"--cluster-id={cluster_id}",  # one argument, whatever the id starts with
                 "-c",
                 str(self.properties),
                 "--standalone",
