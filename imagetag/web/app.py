@@ -32,7 +32,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from imagetag.documents import project_vector, vote_field
 from imagetag.errors import ServiceError
-from imagetag.settings import Settings
+from imagetag.settings import ImageLimits, Settings
 from imagetag.web import queries, routes
 from imagetag.web.auth import UserStore, secret_key
 from imagetag.web.backend import PLOTS, ModelSource, Searcher, SolrSearcher, archived_original
@@ -55,15 +55,6 @@ _ERROR_TITLES = {
     500: "Internal error",
     503: "Service unavailable",
 }
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    """The upload limits of the web settings, in the shape ``imagetag.images`` checks."""
-
-    max_bytes: int
-    max_pixels: int
-    max_side: int
 
 
 @dataclass(frozen=True)
@@ -162,7 +153,11 @@ def create_app(
     solr: Searcher = searcher or SolrSearcher(settings)
     model_source = models or ModelSource(settings.model_store)
     threshold = settings.vote_threshold
-    limits = UploadLimits(web.max_upload_bytes, web.max_upload_pixels, web.max_upload_side)
+    limits = ImageLimits(
+        max_bytes=web.max_upload_bytes,
+        max_pixels=web.max_upload_pixels,
+        max_side=web.max_upload_side,
+    )
     tagging = threading.Lock()  # one upload tagged at a time: bounded CPU and memory
 
     def gather_status() -> Any:
