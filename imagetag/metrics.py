@@ -64,6 +64,9 @@ class JobMetrics:
         self.quarantined = counter(
             "quarantined", "records dead-lettered as poison by a bisected batch"
         )
+        self.duplicates = counter(
+            "duplicates", "records dropped as repeats of one passed within the dedupe window"
+        )
         self.batch_seconds = Histogram(
             f"{name}_batch_duration_seconds",
             f"wall time of one of the {unit}, tagging to the Kafka commit",
@@ -126,6 +129,7 @@ class JobMetrics:
         for outcome in OUTCOMES:
             self.records.labels(outcome).inc(written.counts.get(outcome, 0))
         self.quarantined.inc(written.counts.get("quarantined", 0))
+        self.duplicates.inc(written.counts.get("duplicate", 0))
         for cause, n in written.dead_reasons.items():
             stage, _, reason = cause.partition("/")
             self.dead.labels(stage, reason or "unknown").inc(n)

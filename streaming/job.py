@@ -2,12 +2,13 @@
 
 Two Structured Streaming queries read the ``images`` topic, each with its own checkpoint:
 
-* **tag**: de-duplicates by image id within ``spark.dedupe_window`` (Kafka key = sha256 of the
-  bytes), then in ``foreachBatch``: runs ``tag_batch`` in ``mapInPandas`` with the current model
-  (broadcast once per model version), upserts the tagged images into Solr (the batch stalls while
-  Solr is down), writes the undecided ones to ``images.review`` and the undecodable ones to
-  ``images.dlq``. Spark records the batch's offsets as done only after ``foreachBatch``
-  returned, i.e. after Solr and Kafka accepted everything.
+* **tag**, in ``foreachBatch``: drops the repeats of an image id passed within
+  ``spark.dedupe_window`` (Kafka key = sha256 of the bytes; ``streaming.seen``, on the driver),
+  runs ``tag_batch`` in ``mapInPandas`` with the current model (broadcast once per model
+  version) and upserts the tagged images into Solr from the same tasks (the batch stalls while
+  Solr is down), then writes the undecided ones to ``images.review`` and the undecodable ones to
+  ``images.dlq`` in one Kafka transaction. Spark records the batch's offsets as done only after
+  ``foreachBatch`` returned, i.e. after Solr and Kafka accepted everything.
 * **archive**: appends every valid ImageEvent to Parquet under ``archive_dir``, partitioned by
   ingest date: the historical corpus the backfill reads.
 
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from imagetag.contracts import ARCHIVE_SCHEMA, KAFKA_COLUMNS
+from imagetag.contracts import ARCHIVE_SCHEMA, KAFKA_COLUMNS, KAFKA_COORDINATES
+from imagetag.durations import parse_duration
 from imagetag.kafka_admin import GroupOffsets
 from imagetag.metrics import PHASES, StreamMetrics
 from imagetag.pipeline import (
@@ -46,6 +48,7 @@ from imagetag.pipeline import (
 from imagetag.records import REPLAY_HEADER
 from imagetag.settings import Settings
 from imagetag.sinks import TransactionalSink
+from streaming.seen import Record, SeenKeys, files_at
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -118,6 +121,16 @@ def read_images(spark: SparkSession, settings: Settings) -> DataFrame:
     )
 
 
+# The de-duplication's key: the Kafka key (the image id) and, for a dead letter sent again by
+# `imagetag dlq replay`, the letter's own coordinates from its header (a replayed letter is not a
+# duplicate of the original, but the same letter replayed twice is). No key: never a duplicate.
+DEDUPE_KEY = (
+    "IF(key IS NULL, NULL, concat_ws('|', hex(key), concat_ws(',', transform("
+    f"filter(headers, h -> h.key = '{REPLAY_HEADER}'), h -> cast(h.value AS string)))))"
+)
+DEDUPE_COLUMNS = (f"{DEDUPE_KEY} AS dedupe_key", "unix_millis(timestamp) AS ms", *KAFKA_COORDINATES)
+
+
 class BatchWriter:
     """The foreachBatch function of the tag query.
 
@@ -133,6 +146,8 @@ class BatchWriter:
         self.models = CurrentModel(spark, settings)
         self.sink: TransactionalSink | None = None
         self.bound = threading.Event()
+        window_ms = int(parse_duration(settings.spark.dedupe_window) * 1000)
+        self.seen = SeenKeys(files_at(f"{tag_checkpoint(settings)}/dedupe", spark), window_ms)
 
     def bind(self, query_id: str) -> None:
         self.sink = TransactionalSink(self.settings, f"imagetag-stream-{query_id}")
@@ -149,14 +164,32 @@ class BatchWriter:
         model = self.models.get()
         if self.models.version is not None:
             self.stats.metrics.model_in_use(self.models.version)
-        tagged = tag_rows(batch, model, self.settings, f"batch {batch_id}", upsert=True)
-        try:
-            tag_s = time.monotonic() - started
-            written = write_outputs(self.settings, tagged, self.sink, str(batch_id))
-            written.phases["tag"] = tag_s
-            self.stats.record(batch_id, written)
-        finally:
-            tagged.unpersist()
+        records = [Record(*r) for r in batch.selectExpr(*DEDUPE_COLUMNS).collect()]
+        duplicates, new = self.seen.split(batch_id, records)
+        rows = batch.select(*KAFKA_COLUMNS)
+        if len(duplicates) == len(records):  # nothing to tag: no Spark job, no transaction
+            written = Written({}, [], phases={"tag": 0.0, "solr": 0.0, "kafka": 0.0})
+        else:
+            if duplicates:
+                from pyspark.sql import functions as F
+
+                repeats = batch.sparkSession.createDataFrame(
+                    [(d.topic, d.partition, d.offset) for d in duplicates],
+                    "topic string, partition int, offset long",
+                )
+                rows = rows.join(F.broadcast(repeats), list(KAFKA_COORDINATES), "left_anti")
+            tagged = tag_rows(rows, model, self.settings, f"batch {batch_id}", upsert=True)
+            try:
+                tag_s = time.monotonic() - started
+                written = write_outputs(self.settings, tagged, self.sink, str(batch_id))
+                written.phases["tag"] = tag_s
+            finally:
+                tagged.unpersist()
+        if duplicates:
+            written.counts["duplicate"] = len(duplicates)
+        written.input_rows = len(records)
+        self.seen.commit(batch_id, new)  # before Spark records the batch as done
+        self.stats.record(batch_id, written)
 
 
 def source_offsets(progress_json: str | None) -> dict[str, dict[int, int]]:
@@ -181,10 +214,12 @@ def batch_line(batch_id: int, rows: int, written: Written | None, ms: int, lag: 
     counts = written.counts if written else {}
     phases = written.phases if written else {}
     quarantined = counts.get("quarantined", 0)
+    duplicates = counts.get("duplicate", 0)
     return (
         f"batch {batch_id}: input={rows} tagged={counts.get('tagged', 0)} "
         f"review={counts.get('review', 0)} dead={counts.get('dead', 0)}"
         + (f" (quarantined={quarantined})" if quarantined else "")
+        + (f" duplicates={duplicates}" if duplicates else "")
         + f" duration={ms}ms ("
         + " ".join(f"{phase} {phases.get(phase, 0.0) * 1000:.0f}ms" for phase in PHASES)
         + f") lag={lag}"
@@ -224,9 +259,12 @@ class ProgressReporter:
             for step, step_ms in progress.durationMs.items():
                 if step != "triggerExecution":
                     self.stats.metrics.spark_steps.labels(step).observe(int(step_ms) / 1000)
-            log.info(
-                batch_line(progress.batchId, progress.numInputRows, written, ms, sum(lag.values()))
-            )
+            # The batch's records are read twice (the de-duplication's keys, then the tagging),
+            # and Spark counts both reads; what the batch wrote knows its size.
+            rows = progress.numInputRows
+            if written is not None and written.input_rows is not None:
+                rows = written.input_rows
+            log.info(batch_line(progress.batchId, rows, written, ms, sum(lag.values())))
             log.debug("batch %d durations: %s", progress.batchId, dict(progress.durationMs))
         self.commit_group(ends)
 
@@ -279,40 +317,21 @@ def progress_listener(reporter: ProgressReporter) -> Any:
     return ProgressLog()
 
 
+def tag_checkpoint(settings: Settings) -> str:
+    return f"{settings.checkpoint_dir.rstrip('/')}/tag"
+
+
 def start_queries(
     spark: SparkSession, settings: Settings, writer: BatchWriter
 ) -> list[StreamingQuery]:
     """Start the tag and archive queries; returns them running."""
-    from pyspark.sql import functions as F
-
     checkpoint = settings.checkpoint_dir.rstrip("/")
     trigger = f"{settings.spark.trigger_seconds} seconds"
     images = read_images(spark, settings)
-
-    # Duplicates of an image (same key = same bytes) within the window are tagged once.
-    # Records without a key are kept apart by their coordinates. A dead letter sent again by
-    # `imagetag dlq replay` carries the letter's own coordinates in a header: it is not a
-    # duplicate of the original, but the same letter replayed twice is.
-    dedupe_key = F.concat_ws(
-        "|",
-        F.coalesce(
-            F.hex("key"), F.concat_ws(":", "topic", F.col("partition").cast("string"), "offset")
-        ),
-        F.expr(
-            f"concat_ws(',', transform(filter(headers, h -> h.key = '{REPLAY_HEADER}'),"
-            " h -> cast(h.value AS string)))"
-        ),
-    )
-    deduped = (
-        images.withColumn("dedupe_key", dedupe_key)
-        .withWatermark("timestamp", settings.spark.dedupe_window)
-        .dropDuplicatesWithinWatermark(["dedupe_key"])
-        .drop("dedupe_key", "headers")
-    )
     tag_query = (
-        deduped.writeStream.queryName(TAG_QUERY)
+        images.writeStream.queryName(TAG_QUERY)
         .foreachBatch(writer)
-        .option("checkpointLocation", f"{checkpoint}/tag")
+        .option("checkpointLocation", tag_checkpoint(settings))
         .trigger(processingTime=trigger)
         .start()
     )
@@ -383,8 +402,8 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
     from imagetag.spark import spark_session
 
     spark = spark_session(settings, "imagetag-stream")
-    # One micro-batch per arriving batch of images: without this, every batch is followed by
-    # one without data, run because the de-duplication's watermark moved (it only evicts state).
+    # One micro-batch per arriving batch of images, none without data (the queries keep no
+    # state that a batch without data would move on).
     if "spark.sql.streaming.noDataMicroBatches.enabled" not in settings.spark.conf:
         spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
     stopper = Stopper(settings.spark.stop_timeout_seconds)

@@ -39,3 +39,16 @@ def test_round_trip_and_atomic_current_through_hadoop(local_spark: Any, tmp_path
     assert leftovers == []  # (Hadoop's local filesystem adds a .CURRENT.crc checksum beside it)
     # Spark model writers get URIs inside the version folder.
     assert store.path("v0002", "spark/forest") == f"{uri}/v0002/spark/forest"
+
+
+def test_the_stream_dedupe_state_through_hadoop(local_spark: Any, tmp_path: Path) -> None:
+    """streaming.seen's files on a Hadoop filesystem decide as the local ones do."""
+    from streaming.seen import HadoopFiles
+    from tests.unit.test_seen import check_decisions
+
+    files = HadoopFiles(f"file://{tmp_path}/dedupe", local_spark)
+    check_decisions(files)
+    assert sorted(n for n in files.names() if not n.startswith(".")) == [
+        f"delta-{b:020d}"
+        for b in range(4)  # batch 4 passed no new key
+    ]
