@@ -10,10 +10,11 @@ partition, offset) order passes.
 The keys live on the driver, 16-byte digests with their first timestamp (about 100 bytes each:
 an hour at 200 images/s is about 70 MB), and in the query's checkpoint: ``commit(B)`` writes
 batch B's new keys as ``delta-B`` before ``foreachBatch`` returns, that is before Spark records
-the batch as done; every ``SNAPSHOT_EVERY`` batches the whole set is written as ``snapshot-B``
-and the files before it are deleted. ``load(B)`` rebuilds the set as it was before batch B from
-the newest snapshot and the deltas before B, and deletes the files of B and later: what an
-attempt of B that did not finish left behind. So a batch re-run after a crash takes the same
+the batch as done. Every ``SNAPSHOT_EVERY`` batches, batch B starts by writing the set as it is
+before B as ``snapshot-B`` and deleting the files before it (no batch before B can run again
+once Spark started B). ``load(B)`` rebuilds the set as it was before batch B from the newest
+snapshot up to B and the deltas from it to B, and deletes the deltas of B and later and the
+snapshots after B: what an attempt of B that did not finish left behind. So a batch re-run after a crash takes the same
 decisions as its first attempt (its records are the same), and its outputs are the same.
 
 Why not Spark's ``dropDuplicatesWithinWatermark``: its shuffle and state store cost 0.4 to
@@ -33,7 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from imagetag.hadoop import is_uri
+from imagetag.hadoop import from_hadoop, is_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -128,7 +129,7 @@ class HadoopFiles:
 
 
 def files_at(root: str, spark: SparkSession) -> Files:
-    return HadoopFiles(root, spark) if is_uri(root) else LocalFiles(root)
+    return HadoopFiles(root, spark) if is_uri(root) else LocalFiles(from_hadoop(root))
 
 
 def _encode(entries: Iterable[tuple[bytes, int]]) -> bytes:
@@ -155,22 +156,27 @@ class SeenKeys:
 
     # -- state ---------------------------------------------------------------------------------
     def load(self, batch_id: int) -> None:
-        """The state as it was before ``batch_id`` (read again only when not already so)."""
+        """The state as it was before ``batch_id`` (read again only when not already so):
+        ``snapshot-N`` is the state before batch N, ``delta-N`` the keys batch N passed."""
         if self.loaded_for == batch_id:
             return
-        self.first, self.newest, self.snapshot = {}, None, -1
-        files = sorted(
-            (int(m.group(2)), m.group(1), name)
+        self.first, self.newest = {}, None
+        files = sorted(  # a snapshot before the delta of the same batch
+            (int(m.group(2)), m.group(1) != "snapshot", m.group(1), name)
             for name in self.files.names()
             if (m := _NAME.fullmatch(name))
         )
-        for number, _kind, name in files:
-            if number >= batch_id:  # written by an unfinished attempt of this batch (or after)
-                self.files.delete(name)
-        done = [(n, kind, name) for n, kind, name in files if n < batch_id]
-        self.snapshot = max((n for n, kind, _ in done if kind == "snapshot"), default=-1)
-        for number, kind, name in done:
-            if number > self.snapshot or (kind == "snapshot" and number == self.snapshot):
+        usable = []
+        for number, _, kind, name in files:
+            if number >= batch_id and (kind == "delta" or number > batch_id):
+                self.files.delete(name)  # an unfinished attempt of this batch left it
+            else:
+                usable.append((number, kind, name))
+        self.snapshot = max((n for n, kind, _ in usable if kind == "snapshot"), default=-1)
+        for number, kind, name in usable:
+            if (kind == "snapshot" and number == self.snapshot) or (
+                kind == "delta" and number >= self.snapshot
+            ):
                 self._apply(_decode(self.files.read(name), name))
         self.loaded_for = batch_id
 
@@ -195,6 +201,8 @@ class SeenKeys:
     ) -> tuple[list[Record], list[tuple[bytes, int]]]:
         """(the batch's duplicates, its new keys to ``commit`` once its outputs are written)."""
         self.load(batch_id)
+        if batch_id - self.snapshot >= SNAPSHOT_EVERY:
+            self._compact(batch_id)
         cutoff = (self.newest or 0) - self.window_ms  # nothing is older when nothing passed
         duplicates: list[Record] = []
         new: dict[bytes, int] = {}
@@ -219,10 +227,14 @@ class SeenKeys:
             self.files.write(f"delta-{batch_id:020d}", _encode(new))
         self._apply(new)
         self.loaded_for = batch_id + 1
-        if batch_id - self.snapshot >= SNAPSHOT_EVERY:
-            self.files.write(f"snapshot-{batch_id:020d}", _encode(self.first.items()))
-            for name in self.files.names():
-                m = _NAME.fullmatch(name)
-                if m and (int(m.group(2)) < batch_id or name == f"delta-{batch_id:020d}"):
-                    self.files.delete(name)
-            self.snapshot = batch_id
+
+    def _compact(self, batch_id: int) -> None:
+        """Write the state before ``batch_id`` as one snapshot and delete the files before it.
+        Safe here: Spark runs batch B only once batch B-1 is recorded as done, so no batch
+        before this one is run again (and this one, run again, starts from this snapshot)."""
+        self.files.write(f"snapshot-{batch_id:020d}", _encode(self.first.items()))
+        for name in self.files.names():
+            m = _NAME.fullmatch(name)
+            if m and int(m.group(2)) < batch_id:
+                self.files.delete(name)
+        self.snapshot = batch_id

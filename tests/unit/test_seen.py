@@ -62,18 +62,34 @@ def test_a_batch_run_again_after_a_crash_decides_as_its_first_attempt(tmp_path: 
 def test_snapshots_compact_the_files_and_load_as_the_deltas_did(tmp_path: Path) -> None:
     root = str(tmp_path / "dedupe")
     keys = SeenKeys(LocalFiles(root), HOUR_MS)
-    for batch in range(seen.SNAPSHOT_EVERY + 3):
+    every = seen.SNAPSHOT_EVERY
+    for batch in range(every + 3):
         run(keys, batch, [rec(f"k{batch}", batch, batch), rec("k0", batch, 1000 + batch)])
-    names = sorted(LocalFiles(root).names())
-    last = seen.SNAPSHOT_EVERY - 1  # batches 0..99 make the first snapshot
-    assert names == [
-        *(f"delta-{b:020d}" for b in range(last + 1, seen.SNAPSHOT_EVERY + 3)),
+    # Batch 99 started by writing the state before it and deleting the files before it.
+    last = every - 1
+    assert sorted(LocalFiles(root).names()) == [
+        *(f"delta-{b:020d}" for b in range(last, every + 3)),
         f"snapshot-{last:020d}",
     ]
     reloaded = SeenKeys(LocalFiles(root), HOUR_MS)
-    reloaded.load(seen.SNAPSHOT_EVERY + 3)
+    reloaded.load(every + 3)
     assert reloaded.first == keys.first and reloaded.newest == keys.newest
     assert list(reloaded.first) == list(keys.first)  # the same order: the same evictions
+
+
+def test_the_compacting_batch_run_again_starts_from_its_snapshot(tmp_path: Path) -> None:
+    root = str(tmp_path / "dedupe")
+    first = SeenKeys(LocalFiles(root), HOUR_MS)
+    last = seen.SNAPSHOT_EVERY - 1
+    for batch in range(last):
+        run(first, batch, [rec(f"k{batch}", batch, batch)])
+    compacting = [rec("k3", last, 500), rec("new", last, 501)]
+    assert run(first, last, compacting) == [500]  # ... and Spark died before recording it
+    again = SeenKeys(LocalFiles(root), HOUR_MS)
+    duplicates, new = again.split(last, compacting)
+    assert [d.offset for d in duplicates] == [500] and len(new) == 1
+    assert LocalFiles(root).names() == [f"snapshot-{last:020d}"]
+    assert len(again.first) == last  # k0 .. k98, and not yet "new"
 
 
 def test_an_unknown_file_is_an_error_not_an_empty_state(tmp_path: Path) -> None:
