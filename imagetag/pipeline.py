@@ -439,8 +439,7 @@ COLLECT_MAX_BYTES = 64 * 2**20
 class Written:
     """What a batch wrote: counts by kind (tagged, review, dead, quarantined), dead letters by
     ``stage/reason``, the tagged images' produce-to-tag latencies (ms), the seconds each phase
-    took (solr, kafka; the caller adds tag), the Solr writes retried and seconds stalled, and
-    (the stream's) the records the batch read, repeats included."""
+    took (solr, kafka; the caller adds tag), and the Solr writes retried and seconds stalled."""
 
     counts: dict[str, int]
     latencies_ms: list[int]
@@ -448,7 +447,6 @@ class Written:
     phases: dict[str, float] = field(default_factory=dict)
     solr_retries: int = 0
     solr_stalled_s: float = 0.0
-    input_rows: int | None = None
 
 
 def write_outputs(

@@ -36,7 +36,7 @@ import pandas as pd
 from imagetag.contracts import ARCHIVE_SCHEMA, KAFKA_COLUMNS, KAFKA_COORDINATES
 from imagetag.durations import parse_duration
 from imagetag.kafka_admin import GroupOffsets
-from imagetag.metrics import PHASES, StreamMetrics
+from imagetag.metrics import OUTCOMES, PHASES, StreamMetrics
 from imagetag.pipeline import (
     CurrentModel,
     Written,
@@ -187,7 +187,6 @@ class BatchWriter:
                 tagged.unpersist()
         if duplicates:
             written.counts["duplicate"] = len(duplicates)
-        written.input_rows = len(records)
         self.seen.commit(batch_id, new)  # before Spark records the batch as done
         self.stats.record(batch_id, written)
 
@@ -259,11 +258,11 @@ class ProgressReporter:
             for step, step_ms in progress.durationMs.items():
                 if step != "triggerExecution":
                     self.stats.metrics.spark_steps.labels(step).observe(int(step_ms) / 1000)
-            # The batch's records are read twice (the de-duplication's keys, then the tagging),
-            # and Spark counts both reads; what the batch wrote knows its size.
+            # The batch's records are read twice (the de-duplication's keys, then the tagging)
+            # and Spark counts both reads; every record has one outcome, so they count it once.
             rows = progress.numInputRows
-            if written is not None and written.input_rows is not None:
-                rows = written.input_rows
+            if written is not None:
+                rows = sum(written.counts.get(k, 0) for k in (*OUTCOMES, "duplicate"))
             log.info(batch_line(progress.batchId, rows, written, ms, sum(lag.values())))
             log.debug("batch %d durations: %s", progress.batchId, dict(progress.durationMs))
         self.commit_group(ends)
