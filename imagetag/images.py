@@ -31,7 +31,8 @@ Order of checks, cheapest first, so hostile input costs (almost) nothing:
    composited onto white, so a transparent background does not turn black. Where OpenCV's
    unchanged output is not what the format means, it is corrected: a gray PNG's tRNS key
    becomes alpha, 8-bit TIFF colours come premultiplied, a BMP whose alpha is all 0 is opaque.
-   GIF, WebP, APNG, MPO and TIFF: the first frame / page.
+   GIF, WebP, MPO and TIFF: the first frame / page; APNG: its default image (the first frame
+   or the still image before the animation), decoded as a still PNG.
 6. The EXIF orientation is applied here, read from the JPEG APP1, PNG eXIf or WebP EXIF
    block (OpenCV leaves alpha images and WebP unrotated, so it is told to ignore EXIF and
    every format is turned the same way). TIFF: OpenCV applies its Orientation tag itself.
@@ -154,7 +155,8 @@ def decode_image(data: bytes, limits: Limits) -> DecodedImage:
     unchanged = header.has_alpha or header.unchanged
     # IMREAD_UNCHANGED ignores the EXIF orientation by itself; the orientation is applied below.
     flags = cv2.IMREAD_UNCHANGED if unchanged else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    buffer = np.frombuffer(data, dtype=np.uint8)
+    encoded = _png_without_animation(data) if header.format == "png" else data
+    buffer = np.frombuffer(encoded, dtype=np.uint8)
     try:
         pixels = cv2.imdecode(buffer, flags)
     except cv2.error as exc:  # OpenCV raises for some malformed inputs instead of returning None
@@ -268,6 +270,33 @@ def _png_chunks_before_idat(data: bytes) -> Iterator[tuple[bytes, int, int]]:
             return
         yield kind, pos + 8, length
         pos += 12 + length
+
+
+_APNG_CHUNKS = frozenset({b"acTL", b"fcTL", b"fdAT"})
+
+
+def _png_without_animation(data: bytes) -> bytes:
+    """An animated PNG as the still PNG of its default image (its IDAT, the first frame when
+    an fcTL comes before it): ``data`` without its acTL, fcTL and fdAT chunks, what a viewer
+    without APNG support shows. OpenCV 4.12 reads an acTL before the IDAT as an animation, and
+    its APNG reader crashed the process (SIGSEGV) on a damaged one the property tests made;
+    libpng's still-image path refuses such damage. Other PNGs are returned as they are."""
+    if not any(kind == b"acTL" for kind, _, _ in _png_chunks_before_idat(data)):
+        return data
+    kept = [data[:8]]
+    pos = 8
+    for _ in range(_MAX_SEGMENTS):
+        if pos + 8 > len(data):
+            break
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if kind not in _APNG_CHUNKS:
+            kept.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    kept.append(data[pos:])  # a truncated last chunk stays truncated; after IEND is ignored
+    return b"".join(kept)
 
 
 # SOFn markers carrying the frame size: C0-C3, C5-C7, C9-CB, CD-CF (C4 DHT, C8 JPG, CC DAC).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 
 import cv2
@@ -175,6 +177,59 @@ def test_gif_first_frame() -> None:
     image = decode_image(buf.tobytes(), LIMITS)
     assert (image.width, image.height) == (30, 20)
     assert tuple(image.pixels[10, 15]) == (255, 0, 0)
+
+
+def test_apng_first_frame() -> None:
+    blue = np.zeros((20, 30, 3), np.uint8)
+    blue[:] = (255, 0, 0)
+    red = np.zeros((20, 30, 3), np.uint8)
+    red[:] = (0, 0, 255)
+    animation = cv2.Animation()
+    animation.frames = [blue, red]
+    animation.durations = [100, 100]
+    ok, buf = cv2.imencodeanimation(".png", animation)
+    assert ok and b"acTL" in buf.tobytes()
+    image = decode_image(buf.tobytes(), LIMITS)
+    assert (image.width, image.height) == (30, 20)
+    assert tuple(image.pixels[10, 15]) == (255, 0, 0)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_a_damaged_animated_png_is_refused_not_a_crash() -> None:
+    """OpenCV 4.12's APNG reader dies of SIGSEGV on an acTL followed by an IDAT whose rows have
+    an invalid filter type (found by test_properties); run in a child, so a crash fails this
+    test instead of the whole run."""
+    rows = b"".join(b"\x07" + bytes(3 * 8) for _ in range(8))  # filter type 7 does not exist
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+        + _png_chunk(b"acTL", struct.pack(">II", 3, 0))
+        + _png_chunk(b"IDAT", zlib.compress(rows))
+        + _png_chunk(b"IEND", b"")
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD_DECODE],
+        input=data,
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr.decode(errors="replace")[-2000:]
+    assert child.stdout.decode().split() == ["decode", "corrupt"]
+
+
+CHILD_DECODE = """
+import sys
+from imagetag.images import ImageRejected, decode_image
+from imagetag.settings import ImageLimits
+try:
+    decode_image(sys.stdin.buffer.read(), ImageLimits())
+    print("decoded")
+except ImageRejected as err:
+    print(err.stage, err.reason)
+"""
 
 
 def test_exif_orientation_is_applied() -> None:
