@@ -257,19 +257,24 @@ def _png_header(data: bytes) -> ImageHeader:
     return ImageHeader("png", width, height, 4 if colour_type == 6 else channels, has_alpha)
 
 
-def _png_chunks_before_idat(data: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """``(type, offset of the body, length)`` of the chunks after IHDR and before the first
-    IDAT (where tRNS, eXIf, iCCP, PLTE live); stops early when the data ends, and after
-    :data:`_MAX_SEGMENTS` chunks."""
-    pos = 33  # signature + IHDR
+def _png_chunks(data: bytes, pos: int) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, offset of the chunk, length of its body)`` of the chunks from ``pos`` on;
+    stops when the data ends, and after :data:`_MAX_SEGMENTS` chunks."""
     for _ in range(_MAX_SEGMENTS):
         if pos + 8 > len(data):
             return
         length, kind = struct.unpack_from(">I4s", data, pos)
+        yield kind, pos, length
+        pos += 12 + length
+
+
+def _png_chunks_before_idat(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, offset of the body, length)`` of the chunks after IHDR and before the first
+    IDAT (where tRNS, eXIf, iCCP, PLTE live)."""
+    for kind, pos, length in _png_chunks(data, 33):  # after the signature and IHDR
         if kind in (b"IDAT", b"IEND"):
             return
         yield kind, pos + 8, length
-        pos += 12 + length
 
 
 _APNG_CHUNKS = frozenset({b"acTL", b"fcTL", b"fdAT"})
@@ -283,19 +288,14 @@ def _png_without_animation(data: bytes) -> bytes:
     libpng's still-image path refuses such damage. Other PNGs are returned as they are."""
     if not any(kind == b"acTL" for kind, _, _ in _png_chunks_before_idat(data)):
         return data
-    kept = [data[:8]]
-    pos = 8
-    for _ in range(_MAX_SEGMENTS):
-        if pos + 8 > len(data):
-            break
-        length, kind = struct.unpack_from(">I4s", data, pos)
+    kept, end = [data[:8]], 8
+    for kind, pos, length in _png_chunks(data, 8):
         end = pos + 12 + length
         if kind not in _APNG_CHUNKS:
             kept.append(data[pos:end])
-        pos = end
         if kind == b"IEND":
             break
-    kept.append(data[pos:])  # a truncated last chunk stays truncated; after IEND is ignored
+    kept.append(data[end:])  # a truncated last chunk stays truncated; after IEND is ignored
     return b"".join(kept)
 
 

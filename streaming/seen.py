@@ -14,8 +14,9 @@ the batch as done. Every ``SNAPSHOT_EVERY`` batches, batch B starts by writing t
 before B as ``snapshot-B`` and deleting the files before it (no batch before B can run again
 once Spark started B). ``load(B)`` rebuilds the set as it was before batch B from the newest
 snapshot up to B and the deltas from it to B, and deletes the deltas of B and later and the
-snapshots after B: what an attempt of B that did not finish left behind. So a batch re-run after a crash takes the same
-decisions as its first attempt (its records are the same), and its outputs are the same.
+snapshots after B: what an attempt of B that did not finish left behind. So a batch re-run
+after a crash takes the same decisions as its first attempt (its records are the same), and its
+outputs are the same.
 
 Why not Spark's ``dropDuplicatesWithinWatermark``: its shuffle and state store cost 0.4 to
 0.6 s of every micro-batch on two cores, and its watermark drops records older than the
