@@ -17,6 +17,7 @@ KAFKA_SCHEMA = (
 )
 # Where a record came from: passed through tag_batch so each result finds its record.
 KAFKA_COORDINATES: tuple[str, ...] = ("topic", "partition", "offset")
+Coords = tuple[str, int, int]  # a record's (topic, partition, offset)
 
 # -- the tagger's output rows ---------------------------------------------------------------
 # One row per input record, what the sinks write:
@@ -25,9 +26,21 @@ KAFKA_COORDINATES: tuple[str, ...] = ("topic", "partition", "offset")
 #   doc   = the Solr document as JSON (tagged)
 #   key, value = the Kafka record to write (review: TagResult, dead: DeadLetter)
 #   latency_ms = tagged_at - produced_at, for the progress line
-OUTPUT_COLUMNS: tuple[str, ...] = ("kind", "id", "doc", "key", "value", "latency_ms", "cause")
+#   cause = "stage/reason" (dead)
+#   topic, partition, offset = the coordinates of the record it is the outcome of
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "kind",
+    "id",
+    "doc",
+    "key",
+    "value",
+    "latency_ms",
+    "cause",
+    *KAFKA_COORDINATES,
+)
 OUTPUT_SCHEMA = (
-    "kind string, id string, doc string, key binary, value binary, latency_ms long, cause string"
+    "kind string, id string, doc string, key binary, value binary, latency_ms long, cause string,"
+    " topic string, partition int, offset long"
 )
 
 # -- the raw archive (Parquet under archive_dir, partitioned by ingest_date) ------------------

@@ -10,6 +10,7 @@ two write exactly the same things.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -17,13 +18,13 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from imagetag.contracts import KAFKA_COORDINATES, OUTPUT_SCHEMA
+from imagetag.contracts import KAFKA_COORDINATES, OUTPUT_SCHEMA, Coords
 from imagetag.errors import NoModelError
 from imagetag.settings import Settings
 from imagetag.sinks import TransactionalSink
@@ -63,9 +64,11 @@ def tag_partition(
     model_bc: Broadcast[Any],
     settings_json: str,
     upsert: SolrTally | None = None,
+    keep: tuple[str, ...] = (),
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: Kafka rows -> decoded events -> tag_batch -> uniform output rows; with
-    ``upsert``, the tagged rows' documents are upserted into Solr here (``upsert_tagged``)."""
+    ``upsert``, the tagged rows' documents are upserted into Solr here (``upsert_tagged``).
+    The input's ``keep`` columns are added to each output row, found by its coordinates."""
     from imagetag.records import tag_kafka_rows
 
     settings = Settings.from_executors(settings_json)
@@ -75,7 +78,17 @@ def tag_partition(
         if poison:
             _test_poison(rows, poison)
         out = tag_kafka_rows(rows, model, settings)
-        yield out if upsert is None else upsert_tagged(out, settings, upsert)
+        if upsert is not None:
+            out = upsert_tagged(out, settings, upsert)
+        yield with_columns(out, rows, keep) if keep else out
+
+
+def with_columns(out: pd.DataFrame, rows: pd.DataFrame, keep: tuple[str, ...]) -> pd.DataFrame:
+    """``out`` with the ``keep`` columns of the input row each output row is the outcome of."""
+    kept = rows[[*KAFKA_COORDINATES, *keep]].astype({"partition": "int64"})
+    return out.astype({"partition": "int64"}).merge(
+        kept, on=list(KAFKA_COORDINATES), how="left", validate="many_to_one"
+    )
 
 
 REFUSED = "index/solr_refused"  # the cause of a document Solr refused
@@ -122,32 +135,53 @@ def tag_frame(
     model_bc: Broadcast[Any],
     settings: Settings,
     upsert: SolrTally | None = None,
+    keep: Mapping[str, str] | None = None,
 ) -> DataFrame:
     """Kafka-shaped rows (key, value, topic, partition, offset, timestamp) -> output rows
-    (OUTPUT_SCHEMA), persisted: the caller runs several actions on it and unpersists it."""
+    (OUTPUT_SCHEMA, then the ``keep`` columns of ``rows``: name -> Spark SQL type), persisted:
+    the caller runs several actions on it and unpersists it."""
     settings_json = settings.for_executors()
+    names = tuple(keep or {})
     return rows.mapInPandas(
-        lambda it: tag_partition(it, model_bc, settings_json, upsert), OUTPUT_SCHEMA
+        lambda it: tag_partition(it, model_bc, settings_json, upsert, names),
+        output_schema(keep),
     ).persist()
+
+
+def output_schema(keep: Mapping[str, str] | None) -> str:
+    return ", ".join([OUTPUT_SCHEMA, *(f"{name} {kind}" for name, kind in (keep or {}).items())])
 
 
 @dataclass
 class Tagged:
     """A batch's output rows (OUTPUT_SCHEMA, cached) and, fetched with them, (kind, latency_ms,
-    size, cause, key, value) per row, key and value only for a review or dead row of at most
-    ``INLINE_VALUE_BYTES`` (a larger one is fetched from the cache when it is written).
-    ``quarantined`` counts the records dead-lettered as ``poison``; ``upserted`` tallies the
-    Solr upserts the tagging job made itself (None: the tagged rows still hold their docs)."""
+    size, cause, key, value, topic, partition, offset, then the ``keep`` columns) per row, key
+    and value only for a review or dead row of at most ``INLINE_VALUE_BYTES`` (a larger one is
+    fetched from the cache when it is written). ``quarantined`` counts the records
+    dead-lettered as ``poison``; ``upserted`` tallies the Solr upserts the tagging job made
+    itself (None: the tagged rows still hold their docs). ``write_outputs`` leaves out the
+    outcomes of the records at ``ignored`` (``ignoring``)."""
 
     out: DataFrame
     meta: list[Any]
     quarantined: int = 0
     parts: list[DataFrame] = field(default_factory=list)
     upserted: SolrTally | None = None
+    ignored: frozenset[Coords] = frozenset()
 
     def unpersist(self) -> None:
         for frame in self.parts or [self.out]:
             frame.unpersist()
+
+    def ignoring(self, records: Iterable[Coords]) -> Tagged:
+        """This batch without the outcomes of ``records`` (their Solr upserts are made)."""
+        ignored = self.ignored | frozenset(records)
+        meta = [row for row in self.meta if coords(row) not in ignored]
+        return dataclasses.replace(self, meta=meta, ignored=ignored)
+
+
+def coords(row: Any) -> Coords:
+    return (str(row.topic), int(row.partition), int(row.offset))
 
 
 def tag_rows(
@@ -157,11 +191,13 @@ def tag_rows(
     what: str,
     *,
     upsert: bool = False,
+    keep: Mapping[str, str] | None = None,
 ) -> Tagged:
     """Tag Kafka-shaped rows in one Spark job; a batch that fails deterministically for a reason
     that is not an infrastructure fault is quarantined instead of failing. With ``upsert``, the
     same job upserts the tagged documents into Solr (``upsert_tagged``), so that
-    ``write_outputs`` has only the Kafka transaction left to do.
+    ``write_outputs`` has only the Kafka transaction left to do. ``keep`` names columns of
+    ``rows`` (name -> Spark SQL type) that come back with each row's outcome in ``meta``.
 
     Per-record isolation (``tag_batch``, ``records``) keeps any one record from failing the
     batch; this is the net below it, for what isolation cannot catch (a Python worker that
@@ -174,14 +210,14 @@ def tag_rows(
     """
     tally = SolrTally.create(rows.sparkSession) if upsert else None
     try:
-        return _materialize(rows, model_bc, settings, tally)
+        return _materialize(rows, model_bc, settings, tally, keep)
     except Exception as exc:
         if not is_data_fault(exc):
             raise
         fault = fault_summary(exc)
     log.warning("%s failed (%s); running it again in halves to find the cause", what, fault)
     started = time.monotonic()
-    tagged = _quarantine(rows, model_bc, settings, fault, tally)
+    tagged = _quarantine(rows, model_bc, settings, fault, tally, keep)
     if tagged.quarantined:
         log.error(
             "%s: quarantined %d poison record(s) of %d in %.1fs (%s); the rest went on",
@@ -207,22 +243,24 @@ META_COLUMNS = (
     "cause",
     f"IF({_INLINE}, key, NULL) AS key",
     f"IF({_INLINE}, value, NULL) AS value",
+    *KAFKA_COORDINATES,
 )
 
 
 def _materialize(
-    rows: DataFrame, model_bc: Broadcast[Any], settings: Settings, tally: SolrTally | None
+    rows: DataFrame,
+    model_bc: Broadcast[Any],
+    settings: Settings,
+    tally: SolrTally | None,
+    keep: Mapping[str, str] | None,
 ) -> Tagged:
-    out = tag_frame(rows, model_bc, settings, tally)
+    out = tag_frame(rows, model_bc, settings, tally, keep)
     try:
-        meta = out.selectExpr(*META_COLUMNS).collect()
+        meta = out.selectExpr(*META_COLUMNS, *(keep or {})).collect()
     except BaseException:
         out.unpersist()
         raise
     return Tagged(out, meta, parts=[out], upserted=tally)
-
-
-Coords = tuple[str, int, int]
 
 
 def _quarantine(
@@ -231,6 +269,7 @@ def _quarantine(
     settings: Settings,
     fault: str,
     tally: SolrTally | None,
+    keep: Mapping[str, str] | None,
 ) -> Tagged:
     """Narrow a failing batch down by bisection over its (topic, partition, offset) order."""
     from pyspark import StorageLevel
@@ -238,13 +277,10 @@ def _quarantine(
 
     from imagetag.records import dead_letter
 
-    coords: list[Coords] = sorted(
-        (str(r.topic), int(r.partition), int(r.offset))
-        for r in rows.select("topic", "partition", "offset").collect()
-    )
+    places = sorted(coords(r) for r in rows.select(*KAFKA_COORDINATES).collect())
     good: list[Tagged] = []
     poison: list[Coords] = []
-    pending = [coords]
+    pending = [places]
     rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # read once, probed many times
     cores = max(1, rows.sparkSession.sparkContext.defaultParallelism)
     try:
@@ -254,7 +290,7 @@ def _quarantine(
             tasks = max(1, min(cores, len(chunk) // PROBE_ROWS_PER_TASK))
             probe = rows.where(_coords_filter(chunk)).coalesce(tasks)
             try:
-                good.append(_materialize(probe, model_bc, settings, tally))
+                good.append(_materialize(probe, model_bc, settings, tally, keep))
             except Exception as exc:
                 if not is_data_fault(exc):
                     raise
@@ -269,15 +305,18 @@ def _quarantine(
         rows.unpersist()
         raise
     letters = []
+    kept = tuple(keep or {})
     if poison:
         detail = f"its batch failed twice and it fails alone: {fault}"
-        for r in rows.where(_coords_filter(poison, exact=True)).select(*KAFKA_ROW).collect():
-            place = (str(r.topic), int(r.partition), int(r.offset))
+        where = _coords_filter(poison, exact=True)
+        for r in rows.where(where).select(*KAFKA_ROW, *kept).collect():
+            place = coords(r)
             key, value = dead_letter(r.key, r.value or b"", place, "tag", "poison", detail)
-            letters.append(("dead", _text(key), None, key, value, None, "tag/poison"))
+            row = ("dead", _text(key), None, key, value, None, "tag/poison", *place)
+            letters.append((row, tuple(r[name] for name in kept)))
     rows.unpersist()  # the good parts' outputs are cached on their own
     spark = rows.sparkSession
-    quarantined = spark.createDataFrame(letters, OUTPUT_SCHEMA)
+    quarantined = spark.createDataFrame([(*r, *k) for r, k in letters], output_schema(keep))
     parts = [part.out for part in good]
     out = functools.reduce(lambda a, b: a.unionByName(b), parts, quarantined)
     meta = [m for part in good for m in part.meta]
@@ -285,12 +324,16 @@ def _quarantine(
         Row(
             kind="dead",
             latency_ms=None,
-            size=len(letter[4]),
+            size=len(value),
             cause="tag/poison",
-            key=letter[3],
-            value=letter[4] if len(letter[4]) <= INLINE_VALUE_BYTES else None,
+            key=key,
+            value=value if len(value) <= INLINE_VALUE_BYTES else None,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            **dict(zip(kept, values, strict=True)),
         )
-        for letter in letters
+        for (_, _, _, key, value, _, _, topic, partition, offset), values in letters
     ]
     return Tagged(out, meta, quarantined=len(letters), parts=parts, upserted=tally)
 
@@ -493,12 +536,14 @@ def write_outputs(
         fetched: Iterable[Any] = [row for row in tagged.meta if sent(row)]
         if not inline:
             which = "kind IN ('review', 'dead')" if appends else f"cause = '{REFUSED}'"
-            rows = tagged.out.where(which).select("kind", "key", "value")
+            rows = tagged.out.where(which).select("kind", "key", "value", *KAFKA_COORDINATES)
             fetched = (
                 rows.collect()
                 if sink_bytes <= COLLECT_MAX_BYTES
                 else rows.toLocalIterator(prefetchPartitions=True)
             )
+            if tagged.ignored:
+                fetched = (row for row in fetched if coords(row) not in tagged.ignored)
         sink.write(
             token, ((topics[row.kind], _bytes(row.key), bytes(row.value)) for row in fetched)
         )

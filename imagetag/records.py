@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from imagetag.avro import AvroDeserializer, AvroSerializer
-from imagetag.contracts import ARCHIVE_COLUMNS, KAFKA_COLUMNS, OUTPUT_COLUMNS
+from imagetag.contracts import ARCHIVE_COLUMNS, KAFKA_COLUMNS, OUTPUT_COLUMNS, Coords
 from imagetag.documents import to_solr_doc
 from imagetag.errors import INTERNAL_ERROR, RecordError
 from imagetag.settings import Settings
@@ -88,9 +88,13 @@ def dead_letter(
     return (None if key is None else bytes(key)), serialize(letter)
 
 
-def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | None, bytes, str]]]:
-    """Kafka rows -> (ImageEvents as a frame, dead letters (key, value, ``stage/reason``) for
-    records that are not ImageEvents).
+# A record that is not an ImageEvent: its dead letter's (key, value), ``stage/reason``, where
+DeadRecord = tuple[bytes | None, bytes, str, Coords]
+
+
+def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[DeadRecord]]:
+    """Kafka rows -> (ImageEvents as a frame, dead letters (key, value, ``stage/reason``,
+    coordinates) for records that are not ImageEvents).
 
     A record is dead when its value is not an ImageEvent (bad Avro, unknown schema), when its
     id is not the sha256 of its image bytes (the id is the Solr document id: it must be honest),
@@ -98,7 +102,7 @@ def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | 
     raises while one record is decoded makes that record dead (``internal_error``).
     """
     events: list[dict[str, Any]] = []
-    dead: list[tuple[bytes | None, bytes, str]] = []
+    dead: list[DeadRecord] = []
     for key, value, topic, partition, offset, timestamp in zip(
         *(rows[column] for column in KAFKA_COLUMNS), strict=True
     ):
@@ -107,11 +111,11 @@ def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[bytes | 
             events.append(_decode_event(key, value, coords, timestamp))
         except RecordError as err:
             letter = dead_letter(key, value or b"", coords, err.stage, err.reason, err.detail)
-            dead.append((*letter, f"{err.stage}/{err.reason}"))
+            dead.append((*letter, f"{err.stage}/{err.reason}", coords))
         except Exception as exc:  # isolation: this record, and only it, is dead
             detail = f"{type(exc).__name__}: {exc}"
             letter = dead_letter(key, value or b"", coords, "avro", INTERNAL_ERROR, detail)
-            dead.append((*letter, f"avro/{INTERNAL_ERROR}"))
+            dead.append((*letter, f"avro/{INTERNAL_ERROR}", coords))
     return pd.DataFrame(events), dead
 
 
@@ -174,8 +178,10 @@ def _tag_result(row: dict[str, Any], event: dict[str, Any], threshold: float) ->
 
 
 # kind, id, doc (tagged), Kafka key and value (review, dead), latency_ms (tagged), cause (dead:
-# "stage/reason", what the metrics count dead letters by)
-OutputRow = tuple[str, str, str | None, bytes | None, bytes | None, int | None, str | None]
+# "stage/reason", what the metrics count dead letters by), the record's topic, partition, offset
+OutputRow = tuple[
+    str, str, str | None, bytes | None, bytes | None, int | None, str | None, str, int, int
+]
 
 
 def tag_kafka_rows(rows: pd.DataFrame, model: Any, settings: Settings) -> pd.DataFrame:
@@ -183,7 +189,7 @@ def tag_kafka_rows(rows: pd.DataFrame, model: Any, settings: Settings) -> pd.Dat
     (a DeadLetter with the original key and value)."""
     events, dead = decode_events(rows)
     out: list[OutputRow] = [
-        ("dead", "", None, key, value, None, cause) for key, value, cause in dead
+        ("dead", "", None, key, value, None, cause, *coords) for key, value, cause, coords in dead
     ]
     return pd.DataFrame(out + _tag_event_rows(events, model, settings), columns=OUTPUT_COLUMNS)
 
@@ -268,11 +274,12 @@ def _output_row(
         produced = event.get("produced_at")
         tagged_at = epoch_ms(row.get("tagged_at")) or now_ms()
         latency = tagged_at - produced if produced else None
-        return ("tagged", row["id"], json.dumps(to_solr_doc(row)), None, None, latency, None)
+        doc = json.dumps(to_solr_doc(row))
+        return ("tagged", row["id"], doc, None, None, latency, None, *_coords(event))
     if kind == "review":
         _, serialize_result, _ = _serde()
         value = serialize_result(_tag_result(row, event, settings.vote_threshold))
-        return ("review", row["id"], None, row["id"].encode(), value, None, None)
+        return ("review", row["id"], None, row["id"].encode(), value, None, None, *_coords(event))
     return _dead_output(
         event,
         str(row.get("stage") or "decode"),
@@ -283,11 +290,15 @@ def _output_row(
 
 def _dead_output(event: dict[str, Any], stage: str, reason: str, detail: str) -> OutputRow:
     """A DeadLetter carrying the event's original Kafka record byte for byte."""
-    coords = (event["topic"], event["partition"], event["offset"])
+    coords = _coords(event)
     key, value = dead_letter(
         event["kafka_key"], event["kafka_value"], coords, stage, reason, detail
     )
-    return ("dead", event["id"], None, key, value, None, f"{stage}/{reason}")
+    return ("dead", event["id"], None, key, value, None, f"{stage}/{reason}", *coords)
+
+
+def _coords(event: dict[str, Any]) -> Coords:
+    return (str(event["topic"]), int(event["partition"]), int(event["offset"]))
 
 
 def dead_letter_for_refused_doc(

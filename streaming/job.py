@@ -2,12 +2,13 @@
 
 Two Structured Streaming queries read the ``images`` topic, each with its own checkpoint:
 
-* **tag**, in ``foreachBatch``: drops the repeats of an image id passed within
-  ``spark.dedupe_window`` (Kafka key = sha256 of the bytes; ``streaming.seen``, on the driver),
-  runs ``tag_batch`` in ``mapInPandas`` with the current model (broadcast once per model
-  version) and upserts the tagged images into Solr from the same tasks (the batch stalls while
-  Solr is down), then writes the undecided ones to ``images.review`` and the undecodable ones to
-  ``images.dlq`` in one Kafka transaction. Spark records the batch's offsets as done only after
+* **tag**, in ``foreachBatch``: runs ``tag_batch`` in ``mapInPandas`` with the current model
+  (broadcast once per model version) and upserts the tagged images into Solr from the same
+  tasks (the batch stalls while Solr is down); then, on the driver, leaves out the repeats of an
+  image id passed within ``spark.dedupe_window`` (Kafka key = sha256 of the bytes;
+  ``streaming.seen``: a repeat's upsert by id was harmless, its letters and counts are not) and
+  writes the undecided images to ``images.review`` and the undecodable ones to ``images.dlq``
+  in one Kafka transaction. Spark records the batch's offsets as done only after
   ``foreachBatch`` returned, i.e. after Solr and Kafka accepted everything.
 * **archive**: appends every valid ImageEvent to Parquet under ``archive_dir``, partitioned by
   ingest date: the historical corpus the backfill reads.
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from imagetag.contracts import ARCHIVE_SCHEMA, KAFKA_COLUMNS, KAFKA_COORDINATES
+from imagetag.contracts import ARCHIVE_SCHEMA, KAFKA_COLUMNS
 from imagetag.durations import parse_duration
 from imagetag.hadoop import is_uri
 from imagetag.kafka_admin import GroupOffsets
@@ -41,6 +42,7 @@ from imagetag.metrics import OUTCOMES, PHASES, StreamMetrics
 from imagetag.pipeline import (
     CurrentModel,
     Written,
+    coords,
     fault_summary,
     kafka_options,
     tag_rows,
@@ -132,7 +134,8 @@ DEDUPE_KEY = (
 # Computed in the stream's own projection, planned once when the query starts: as a selectExpr
 # in foreachBatch, the lambdas were parsed and analysed again for every micro-batch (30-70 ms).
 DEDUPE_COLUMNS = (f"{DEDUPE_KEY} AS dedupe_key", "unix_millis(timestamp) AS ms")
-RECORD_COLUMNS = ("dedupe_key", "ms", *KAFKA_COORDINATES)
+# ... and passed through the tagging job to come back with each record's outcome.
+DEDUPE_FIELDS = {"dedupe_key": "string", "ms": "long"}
 
 
 class BatchWriter:
@@ -168,27 +171,21 @@ class BatchWriter:
         model = self.models.get()
         if self.models.version is not None:
             self.stats.metrics.model_in_use(self.models.version)
-        records = [Record(*r) for r in batch.select(*RECORD_COLUMNS).collect()]
-        duplicates, new = self.seen.split(batch_id, records)
-        rows = batch.select(*KAFKA_COLUMNS)
-        if len(duplicates) == len(records):  # nothing to tag: no Spark job, no transaction
-            written = Written({}, [], phases={"tag": 0.0, "solr": 0.0, "kafka": 0.0})
-        else:
-            if duplicates:
-                from pyspark.sql import functions as F
-
-                repeats = batch.sparkSession.createDataFrame(
-                    [(d.topic, d.partition, d.offset) for d in duplicates],
-                    "topic string, partition int, offset long",
-                )
-                rows = rows.join(F.broadcast(repeats), list(KAFKA_COORDINATES), "left_anti")
-            tagged = tag_rows(rows, model, self.settings, f"batch {batch_id}", upsert=True)
-            try:
-                tag_s = time.monotonic() - started
-                written = write_outputs(self.settings, tagged, self.sink, str(batch_id))
-                written.phases["tag"] = tag_s
-            finally:
-                tagged.unpersist()
+        # One Spark job: every record is tagged, and its tagged document upserted (by id, so a
+        # repeat's upsert replaces the document with the same tags), before the driver knows
+        # which records are repeats; their review and dead letters and counts are left out.
+        tagged = tag_rows(
+            batch, model, self.settings, f"batch {batch_id}", upsert=True, keep=DEDUPE_FIELDS
+        )
+        try:
+            tag_s = time.monotonic() - started
+            records = [Record(m.dedupe_key, m.ms, *coords(m)) for m in tagged.meta]
+            duplicates, new = self.seen.split(batch_id, records)
+            tagged = tagged.ignoring((d.topic, d.partition, d.offset) for d in duplicates)
+            written = write_outputs(self.settings, tagged, self.sink, str(batch_id))
+            written.phases["tag"] = tag_s
+        finally:
+            tagged.unpersist()
         if duplicates:
             written.counts["duplicate"] = len(duplicates)
         self.seen.commit(batch_id, new)  # before Spark records the batch as done

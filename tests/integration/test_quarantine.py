@@ -66,9 +66,10 @@ def test_a_poisoned_batch_is_quarantined_and_the_rest_tagged(
 ) -> None:
     poison = {17, 131}  # the same topic partition (i % 3), far apart
     rows = kafka_rows(local_spark, 200, poison)
+    rows = rows.withColumn("ms", rows["offset"] * 10)  # a column each outcome keeps (the stream's)
     model = CurrentModel(local_spark, model_settings).get()
     started = time.monotonic()
-    tagged = tag_rows(rows, model, model_settings, "test batch")
+    tagged = tag_rows(rows, model, model_settings, "test batch", keep={"ms": "long"})
     seconds = time.monotonic() - started
     try:
         out = tagged.out.collect()
@@ -76,6 +77,10 @@ def test_a_poisoned_batch_is_quarantined_and_the_rest_tagged(
         tagged.unpersist()
     assert tagged.quarantined == 2
     assert len(out) == len(tagged.meta) == 200
+    # Every outcome, the good parts' and the poison letters', names its record and keeps its column.
+    assert sorted(m.offset for m in tagged.meta) == list(range(200))
+    assert all(m.ms == m.offset * 10 for m in tagged.meta)
+    assert all(r.ms == r.offset * 10 for r in out)
     letters = [
         AvroDeserializer("DeadLetter")(r.value)
         for r in out

@@ -43,9 +43,20 @@ def test_tagged_rows_are_upserted_and_a_refused_one_becomes_its_dead_letter(
     monkeypatch.setattr(imagetag.solr, "SolrWriter", FakeWriter)
     rows = pd.DataFrame(
         [
-            ("tagged", "a1", json.dumps({"id": "a1"}), None, None, 120, None),
-            ("tagged", "x2", json.dumps({"id": "x2", "bad": 1}), None, None, 340, None),
-            ("review", "r3", None, b"r3", b"tag-result", None, None),
+            ("tagged", "a1", json.dumps({"id": "a1"}), None, None, 120, None, "images", 0, 1),
+            (
+                "tagged",
+                "x2",
+                json.dumps({"id": "x2", "bad": 1}),
+                None,
+                None,
+                340,
+                None,
+                "images",
+                0,
+                2,
+            ),
+            ("review", "r3", None, b"r3", b"tag-result", None, None, "images", 1, 1),
         ],
         columns=OUTPUT_COLUMNS,
     )
@@ -59,11 +70,14 @@ def test_tagged_rows_are_upserted_and_a_refused_one_becomes_its_dead_letter(
     assert letter["stage"] == "index" and letter["reason"] == "solr_refused"
     assert json.loads(letter["value"]) == {"id": "x2", "bad": 1}  # the refused document
     assert out.at[2, "value"] == b"tag-result"
+    assert list(out["offset"]) == [1, 2, 1]  # each row still names its record
     assert tally.retries.value == 2 and tally.stalled_s.value == 1.5 and tally.seconds.value >= 0
 
 
 def test_a_batch_without_tagged_rows_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(imagetag.solr, "SolrWriter", None)  # would fail if called
-    rows = pd.DataFrame([("review", "r", None, b"r", b"v", None, None)], columns=OUTPUT_COLUMNS)
+    rows = pd.DataFrame(
+        [("review", "r", None, b"r", b"v", None, None, "images", 0, 0)], columns=OUTPUT_COLUMNS
+    )
     tally = SolrTally(Sum(), Sum(), Sum())  # type: ignore[arg-type]
     assert upsert_tagged(rows, Settings.model_validate({}), tally) is rows
