@@ -67,6 +67,7 @@ import pandas as pd
 import requests
 
 from imagetag import metrics, plots
+from imagetag.instrumentation import tree_cpu
 from imagetag.kafka_admin import count_records
 from imagetag.settings import Settings
 from imagetag.stack import LocalStack
@@ -203,6 +204,28 @@ def peer_snapshot(lines: Iterable[str]) -> Snapshot:
         for phase in phase_s:
             phase_s[phase] += stats[f"{phase}_s"]
     return Snapshot(batches, batches, batch_s, phase_s, rows)
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds (user + system) spent so far by the pipeline's process tree and by each
+    service of the stack, at one moment (monotonic ``at``); differences are what a phase cost.
+    """
+
+    seconds: Mapping[str, float]
+    at: float
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        names = self.seconds.keys() & other.seconds.keys()
+        return Cpu({n: self.seconds[n] - other.seconds[n] for n in names}, self.at - other.at)
+
+
+def cpu_now(process: subprocess.Popen[bytes], stack: LocalStack) -> Cpu:
+    seconds = {"pipeline": tree_cpu(process.pid)}
+    for service in stack.services:
+        pid = service.pid()
+        seconds[service.name] = tree_cpu(pid) if pid is not None else 0.0
+    return Cpu(seconds, time.monotonic())
 
 
 # -- running a pipeline ---------------------------------------------------------------------
@@ -421,8 +444,9 @@ def throughput(
     data: list[tuple[bytes, str]],
     tmp: Path,
     progress: list[tuple[float, float]] | None = None,
-) -> tuple[float, Snapshot]:
-    """images/s of ``kind`` draining ``data`` as a backlog, and its counters over the drain.
+) -> tuple[float, Snapshot, Cpu]:
+    """images/s of ``kind`` draining ``data`` as a backlog, its counters and the CPU spent
+    over the drain.
 
     The pipeline is warmed up first (a cold first batch is start-up, not throughput: Spark's
     takes tens of seconds), then ``data`` is sent at once (a fraction of a second next to the
@@ -432,7 +456,9 @@ def throughput(
     distinct = len({image_id(d) for d, _ in data})
     with running(kind, settings, tmp, "throughput") as run:
         warm_up(run, settings)
+        stack = LocalStack(settings)
         before, done_before = run.snapshot(), done_count(settings)
+        cpu_before = cpu_now(run.process, stack)
         started = time.monotonic()
         produce(settings, data, source=f"bench://{kind}")
         while True:
@@ -444,9 +470,10 @@ def throughput(
                 break
             run.check("draining the topic")
             time.sleep(0.25)
+        cpu = cpu_now(run.process, stack) - cpu_before
         time.sleep(2)  # the last batch's duration is recorded after its documents are visible
         spent = run.snapshot() - before
-    return distinct / elapsed, spent
+    return distinct / elapsed, spent, cpu
 
 
 def warm_up(run: Running, settings: Settings) -> None:
@@ -671,6 +698,41 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     idle: list[IdleImage] = field(default_factory=list)
     idle_spent: Snapshot | None = None
+    drained_cpu: tuple[Cpu, int] | None = None  # CPU spent draining, and the images
+    loaded_cpu: tuple[Cpu, int] | None = None  # CPU spent at half load, and the images sent
+
+
+def cpu_rows(results: Mapping[str, Result]) -> list[tuple[str, str, str]]:
+    """The rows of the "where the CPU goes" table: ms of CPU per image by process, and how
+    many of the machine's cores all of them kept busy, draining and at half load."""
+    rows: list[tuple[str, str, str]] = []
+    spent: dict[str, tuple[Cpu, int]] = {}
+
+    def line(label: str, render: Callable[[Cpu, int], str]) -> tuple[str, str, str]:
+        stream, peer = (render(*spent[k]) if k in spent else "-" for k in KINDS)
+        return (label, stream, peer)
+
+    for what, pick in (
+        ("draining", lambda r: r.drained_cpu),
+        ("half load", lambda r: r.loaded_cpu),
+    ):
+        spent = {kind: got for kind, r in results.items() if (got := pick(r))}
+
+        names = sorted({name for cpu, _ in spent.values() for name in cpu.seconds})
+        for name in [*names, "all"]:
+
+            def per_image(cpu: Cpu, images: int, name: str = name) -> str:
+                used = sum(cpu.seconds.values()) if name == "all" else cpu.seconds.get(name, 0.0)
+                return f"{used / max(images, 1) * 1000:.1f}"
+
+            rows.append(line(f"{what}: {name} (ms/image)", per_image))
+        rows.append(
+            line(
+                f"{what}: cores busy",
+                lambda cpu, _: fmt(sum(cpu.seconds.values()) / cpu.at if cpu.at else None),
+            )
+        )
+    return rows
 
 
 def report(
@@ -745,6 +807,12 @@ def report(
             if kind in results
         )
     )
+    tables.append(
+        format_table(
+            f"where the CPU goes: CPU ms per image by process tree ({os.cpu_count()} cores)",
+            cpu_rows(results),
+        )
+    )
     for what, pick in (
         ("draining the topic", lambda r: r.drained),
         ("idle, one image a batch", lambda r: r.idle_spent),
@@ -801,7 +869,10 @@ def main() -> int:
         result = results[kind] = Result(kind, cores[kind])
         note(f"{kind}: throughput over {len(data)} images")
         with isolated_run(settings, f"{kind}_tput", tmp) as run:
-            result.throughput, result.drained = throughput(kind, run, data, tmp, result.timeline)
+            result.throughput, result.drained, cpu = throughput(
+                kind, run, data, tmp, result.timeline
+            )
+            result.drained_cpu = (cpu, len({image_id(d) for d, _ in data}))
         result.rate = args.rate or result.throughput / 2
         count = max(1, int(result.rate * args.latency_seconds))
         note(f"{kind}: latency at {result.rate:.0f} images/s, then {len(idle_images)} idle images")
@@ -810,7 +881,10 @@ def main() -> int:
             running(kind, run, tmp, "latency") as started,
         ):
             warm_up(started, run)
+            stack = LocalStack(run)
+            before = cpu_now(started.process, stack)
             result.latencies = latency(started, run, fashion_images(count), result.rate)
+            result.loaded_cpu = (cpu_now(started.process, stack) - before, count)
             result.idle, result.idle_spent = idle_latency(started, run, idle_images)
     print()
     print(report(results, raw, len(data), settings, args.rate))

@@ -117,11 +117,16 @@ def cmdline(pid: int) -> str:
 def process_tree_cpu(pid: int | None) -> float:
     """CPU seconds (user + system) of this process, of ``pid`` and of all its descendants,
     living or reaped (``/proc``; 0 for the part that cannot be read)."""
-    tick = os.sysconf("SC_CLK_TCK")
     own = os.times()
     total = own.user + own.system + own.children_user + own.children_system
-    if pid is None:
-        return total
+    return total + (tree_cpu(pid) if pid is not None else 0.0)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and of all its descendants, living or reaped
+    (``/proc``; 0 for the part that cannot be read)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
     for member in [pid, *descendants(pid)]:
         try:
             with open(f"/proc/{member}/stat") as stat:

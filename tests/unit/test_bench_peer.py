@@ -16,8 +16,11 @@ from prometheus_client import generate_latest
 
 from bench.bench_stream import (
     PEER_READY,
+    Cpu,
+    Result,
     Snapshot,
     breakdown_rows,
+    cpu_rows,
     fmt,
     format_table,
     logged_phases,
@@ -339,3 +342,15 @@ def test_a_phase_inside_another_is_not_taken_from_other_twice() -> None:
     means = snap.per_batch()
     assert means["other"] == pytest.approx(1.0 - 0.8 - 0.1)
     assert (snap - Snapshot()).nested == frozenset({"solr"})
+
+
+def test_cpu_rows_give_ms_per_image_by_process_and_the_cores_kept_busy() -> None:
+    before = Cpu({"pipeline": 10.0, "solr": 5.0, "kafka": 1.0}, at=100.0)
+    after = Cpu({"pipeline": 18.0, "solr": 7.0, "kafka": 1.5}, at=105.0)
+    stream = Result("stream", 2, drained_cpu=(after - before, 1000))
+    rows = {measure: (a, b) for measure, a, b in cpu_rows({"stream": stream})}
+    assert rows["draining: pipeline (ms/image)"] == ("8.0", "-")
+    assert rows["draining: solr (ms/image)"] == ("2.0", "-")
+    assert rows["draining: all (ms/image)"] == ("10.5", "-")
+    assert rows["draining: cores busy"] == ("2.10", "-")  # 10.5 CPU seconds in 5 s
+    assert "half load: all (ms/image)" in rows and rows["half load: cores busy"] == ("-", "-")
