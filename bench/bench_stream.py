@@ -67,7 +67,7 @@ import pandas as pd
 import requests
 
 from imagetag import metrics, plots
-from imagetag.instrumentation import tree_cpu
+from imagetag.instrumentation import cmdline, descendants, process_cpu, tree_cpu
 from imagetag.kafka_admin import count_records
 from imagetag.settings import Settings
 from imagetag.stack import LocalStack
@@ -221,7 +221,13 @@ class Cpu:
 
 
 def cpu_now(process: subprocess.Popen[bytes], stack: LocalStack) -> Cpu:
-    seconds = {"pipeline": tree_cpu(process.pid)}
+    """The pipeline's tree by part (the peer is one process; the stream is its Python driver,
+    the Spark JVM and the Python workers below it), then each service's tree."""
+    seconds = {"pipeline": process_cpu(process.pid)}
+    for child in descendants(process.pid):
+        command = cmdline(child)
+        part = "spark jvm" if "java" in command.split(" ", 1)[0] else "python workers"
+        seconds[part] = seconds.get(part, 0.0) + process_cpu(child)
     for service in stack.services:
         pid = service.pid()
         seconds[service.name] = tree_cpu(pid) if pid is not None else 0.0
@@ -714,7 +720,7 @@ def cpu_rows(results: Mapping[str, Result]) -> list[tuple[str, str, str]]:
 
     for what, pick in (
         ("draining", lambda r: r.drained_cpu),
-        ("half load", lambda r: r.loaded_cpu),
+        ("half load+10s", lambda r: r.loaded_cpu),
     ):
         spent = {kind: got for kind, r in results.items() if (got := pick(r))}
 

@@ -125,16 +125,18 @@ def process_tree_cpu(pid: int | None) -> float:
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of ``pid`` and of all its descendants, living or reaped
     (``/proc``; 0 for the part that cannot be read)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for member in [pid, *descendants(pid)]:
-        try:
-            with open(f"/proc/{member}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            total += sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+    return sum(process_cpu(member) for member in [pid, *descendants(pid)])
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and of its children it reaped; 0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # -- memory samplers -----------------------------------------------------------------------------

@@ -259,8 +259,8 @@ class ProgressReporter:
             for step, step_ms in progress.durationMs.items():
                 if step != "triggerExecution":
                     self.stats.metrics.spark_steps.labels(step).observe(int(step_ms) / 1000)
-            # The batch's records are read twice (the de-duplication's keys, then the tagging)
-            # and Spark counts both reads; every record has one outcome, so they count it once.
+            # Spark counts the records each job of the batch read (a quarantined batch's probes
+            # read them again); every record has one outcome, so the outcomes count it once.
             rows = progress.numInputRows
             if written is not None:
                 rows = sum(written.counts.get(k, 0) for k in (*OUTCOMES, "duplicate"))

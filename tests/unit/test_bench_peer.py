@@ -353,4 +353,7 @@ def test_cpu_rows_give_ms_per_image_by_process_and_the_cores_kept_busy() -> None
     assert rows["draining: solr (ms/image)"] == ("2.0", "-")
     assert rows["draining: all (ms/image)"] == ("10.5", "-")
     assert rows["draining: cores busy"] == ("2.10", "-")  # 10.5 CPU seconds in 5 s
-    assert "half load: all (ms/image)" in rows and rows["half load: cores busy"] == ("-", "-")
+    assert "half load+10s: all (ms/image)" in rows and rows["half load+10s: cores busy"] == (
+        "-",
+        "-",
+    )
