@@ -121,10 +121,11 @@ class FakeGroup:
         self.commits.append((topic, dict(offsets)))
 
 
-def progress(batch_id: int, rows: int, end: str, latest: str) -> Any:
+def progress(batch_id: int, rows: int, end: str, latest: str, at: str = "") -> Any:
     source = SimpleNamespace(endOffset=end, latestOffset=latest)
     return SimpleNamespace(
         batchId=batch_id,
+        timestamp=at or f"2026-12-02T10:00:{batch_id:02d}.000Z",
         numInputRows=rows,
         sources=[source],
         durationMs={"triggerExecution": 900, "addBatch": 700, "walCommit": 20},
@@ -160,3 +161,42 @@ def test_progress_sets_the_lag_logs_the_batch_and_commits_the_group_once_per_cha
         "0": 0,
         "1": 0,
     }
+
+
+class FakeQuery:
+    """A query's ``lastProgress``, as ``StreamingQuery`` returns it; raises when told to."""
+
+    def __init__(self) -> None:
+        self.last: Any = None
+        self.broken = False
+
+    @property
+    def lastProgress(self) -> Any:
+        if self.broken:
+            raise RuntimeError("py4j: the JVM went away")
+        return self.last
+
+
+def test_poll_reports_each_progress_once_whoever_polls_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stats = BatchStats()
+    reporter = ProgressReporter(Settings.model_validate({}), stats)
+    reporter._group = FakeGroup()  # type: ignore[assignment]
+    query = FakeQuery()
+    with caplog.at_level("INFO", "imagetag.stream"):
+        reporter.poll(query)  # type: ignore[arg-type]  # no progress yet: nothing
+        stats.record(3, written(tagged=2))
+        query.last = progress(3, 2, '{"images":{"0":5}}', '{"images":{"0":5}}')
+        for _ in range(3):  # the next batch's start and the supervisor's loop both poll
+            reporter.poll(query)  # type: ignore[arg-type]
+        # an idle progress of the same batch, later: the lag moves, no second line
+        query.last = progress(3, 0, '{"images":{"0":5}}', '{"images":{"0":8}}', at="later")
+        reporter.poll(query)  # type: ignore[arg-type]
+        query.broken = True
+        reporter.poll(query)  # type: ignore[arg-type]  # logged, not raised
+    assert caplog.text.count("batch 3: input=2 tagged=2") == 1
+    assert "reporting the stream's progress failed" in caplog.text
+    page = scrape(stats.metrics)
+    assert page["imagetag_stream_batch_duration_seconds_count"][0][1] == 1
+    assert by(page["imagetag_stream_input_lag_records"], "partition") == {"0": 3}
