@@ -13,10 +13,11 @@ side:
    throughput, after a warm-up of 200 images (the first batch's start-up is not the steady
    state);
 3. idle latency: warmed up and idle, one image every 3 s (``--idle-images``), produce ->
-   searchable per image, and the batches each image took and their duration (the stream runs a
-   batch without data after one with: its watermark moved);
-4. where a batch's time goes, while draining and while idle: tag, solr, kafka and other (the
-   batch's duration minus those phases), per batch with data.
+   searchable per image, and the batches each image took and their duration;
+4. where the CPU goes, draining and at half load: CPU ms per image of each process tree (the
+   pipeline, Solr, Kafka; the stream's split into its driver, JVM and Python workers);
+5. where a batch's time goes, draining, at half load and idle: tag, solr, kafka and other
+   (the batch's duration minus those phases), per batch with data.
 
 The stream's figures come from its Prometheus endpoint (``IMAGETAG_METRICS__STREAM_PORT=0``: a
 free port, read from its log): ``imagetag_stream_batches_total`` (every micro-batch, the ones
@@ -702,6 +703,7 @@ class Result:
     timeline: list[tuple[float, float]] = field(default_factory=list)
     rate: float = math.nan
     latencies: list[float] = field(default_factory=list)
+    loaded: Snapshot | None = None  # the counters over the half-load run, its 10 s after too
     idle: list[IdleImage] = field(default_factory=list)
     idle_spent: Snapshot | None = None
     drained_cpu: tuple[Cpu, int] | None = None  # CPU spent draining, and the images
@@ -821,6 +823,7 @@ def report(
     )
     for what, pick in (
         ("draining the topic", lambda r: r.drained),
+        ("at half load", lambda r: r.loaded),
         ("idle, one image a batch", lambda r: r.idle_spent),
     ):
         tables.append(
@@ -888,9 +891,10 @@ def main() -> int:
         ):
             warm_up(started, run)
             stack = LocalStack(run)
-            before = cpu_now(started.process, stack)
+            before, counters = cpu_now(started.process, stack), started.snapshot()
             result.latencies = latency(started, run, fashion_images(count), result.rate)
             result.loaded_cpu = (cpu_now(started.process, stack) - before, count)
+            result.loaded = started.snapshot() - counters
             result.idle, result.idle_spent = idle_latency(started, run, idle_images)
     print()
     print(report(results, raw, len(data), settings, args.rate))
