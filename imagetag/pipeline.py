@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -73,6 +74,7 @@ def tag_partition(
 
     settings = Settings.from_executors(settings_json)
     model = model_bc.value  # unpickled once per Python worker per model version
+    freeze_heap(model)
     poison = os.environ.get(POISON_ENV, "").encode()
     for rows in batches:
         if poison:
@@ -81,6 +83,32 @@ def tag_partition(
         if upsert is not None:
             out = upsert_tagged(out, settings, upsert)
         yield with_columns(out, rows, keep) if keep else out
+
+
+_frozen_for: int | None = None
+
+
+def freeze_heap(model: Any) -> None:
+    """Move what this Python worker holds now (modules, the model) out of the garbage
+    collector's sight (``gc.freeze``), once per model.
+
+    PySpark's daemon runs a full ``gc.collect()`` after every task of a reused worker, and a
+    full collection walks every object the worker holds: 80-125 ms of CPU with the model and
+    its libraries loaded (about 98,000 objects), 12% of the workers' CPU at half load on the
+    bench; frozen, under a millisecond. Frozen objects are still freed by reference counting;
+    only cyclic garbage among them stays, at most what was there when the model arrived. A new
+    model (another object) unfreezes and collects once, so the old one can go, then freezes.
+    Measured with py-spy at 70 images/s: the workers' share in garbage collection went from
+    12% to 3.5% (the unfreeze path still ran in a 30 s window, so some worker saw another
+    model object: not explained yet)."""
+    global _frozen_for
+    if _frozen_for == id(model):
+        return
+    if _frozen_for is not None:
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
+    _frozen_for = id(model)
 
 
 def with_columns(out: pd.DataFrame, rows: pd.DataFrame, keep: tuple[str, ...]) -> pd.DataFrame:
