@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ class SolrTally:
 
 def tag_partition(
     batches: Iterable[pd.DataFrame],
-    model_bc: Broadcast[Any],
+    shared: SharedModel,
     settings_json: str,
     upsert: SolrTally | None = None,
     keep: tuple[str, ...] = (),
@@ -73,8 +74,7 @@ def tag_partition(
     from imagetag.records import tag_kafka_rows
 
     settings = Settings.from_executors(settings_json)
-    model = model_bc.value  # unpickled once per Python worker per model version
-    freeze_heap(model)
+    model = worker_model(shared)
     poison = os.environ.get(POISON_ENV, "").encode()
     for rows in batches:
         if poison:
@@ -85,30 +85,44 @@ def tag_partition(
         yield with_columns(out, rows, keep) if keep else out
 
 
-_frozen_for: int | None = None
+@dataclass(frozen=True)
+class SharedModel:
+    """A model bundle broadcast to the executors, and a key naming that one broadcast.
+
+    A reused Python worker keeps the model it unpickled under ``key`` (``worker_model``), not
+    under the broadcast object: Spark drops a broadcast from a worker as soon as it runs a task
+    that does not use it (the archive query's, between two batches of the tag query) and sends
+    it again with the next task that does, as a new object whose ``value`` is unpickled again."""
+
+    key: str
+    broadcast: Broadcast[Any]
 
 
-def freeze_heap(model: Any) -> None:
-    """Move what this Python worker holds now (modules, the model) out of the garbage
-    collector's sight (``gc.freeze``), once per model.
+_worker_model: tuple[str, Any] | None = None  # (key, model) in this Python worker
+
+
+def worker_model(shared: SharedModel) -> Any:
+    """The model ``shared`` names, unpickled once per Python worker; on the first call for a
+    model the worker's heap is frozen (``gc.freeze``), the previous model's thawed and collected.
 
     PySpark's daemon runs a full ``gc.collect()`` after every task of a reused worker, and a
     full collection walks every object the worker holds: 80-125 ms of CPU with the model and
-    its libraries loaded (about 98,000 objects), 12% of the workers' CPU at half load on the
-    bench; frozen, under a millisecond. Frozen objects are still freed by reference counting;
-    only cyclic garbage among them stays, at most what was there when the model arrived. A new
-    model (another object) unfreezes and collects once, so the old one can go, then freezes.
-    Measured with py-spy at 70 images/s: the workers' share in garbage collection went from
-    12% to 3.5% (the unfreeze path still ran in a 30 s window, so some worker saw another
-    model object: not explained yet)."""
-    global _frozen_for
-    if _frozen_for == id(model):
-        return
-    if _frozen_for is not None:
+    its libraries loaded (about 98,000 objects); frozen, under a millisecond. Frozen objects
+    are still freed by reference counting; only cyclic garbage among them stays, at most what
+    was there when the model arrived. Keyed on the broadcast object instead, a worker saw a
+    "new" model after every archive task (see ``SharedModel``) and thawed, collected and
+    unpickled again: 3.5% of the workers' samples in py-spy at 70 images/s."""
+    global _worker_model
+    if _worker_model is not None and _worker_model[0] == shared.key:
+        return _worker_model[1]
+    if _worker_model is not None:
+        _worker_model = None
         gc.unfreeze()
         gc.collect()
+    model = shared.broadcast.value
     gc.freeze()
-    _frozen_for = id(model)
+    _worker_model = (shared.key, model)
+    return model
 
 
 def with_columns(out: pd.DataFrame, rows: pd.DataFrame, keep: tuple[str, ...]) -> pd.DataFrame:
@@ -160,7 +174,7 @@ def _test_poison(rows: pd.DataFrame, marker: bytes) -> None:
 
 def tag_frame(
     rows: DataFrame,
-    model_bc: Broadcast[Any],
+    shared: SharedModel,
     settings: Settings,
     upsert: SolrTally | None = None,
     keep: Mapping[str, str] | None = None,
@@ -171,7 +185,7 @@ def tag_frame(
     settings_json = settings.for_executors()
     names = tuple(keep or {})
     return rows.mapInPandas(
-        lambda it: tag_partition(it, model_bc, settings_json, upsert, names),
+        lambda it: tag_partition(it, shared, settings_json, upsert, names),
         output_schema(keep),
     ).persist()
 
@@ -214,7 +228,7 @@ def coords(row: Any) -> Coords:
 
 def tag_rows(
     rows: DataFrame,
-    model_bc: Broadcast[Any],
+    shared: SharedModel,
     settings: Settings,
     what: str,
     *,
@@ -238,14 +252,14 @@ def tag_rows(
     """
     tally = SolrTally.create(rows.sparkSession) if upsert else None
     try:
-        return _materialize(rows, model_bc, settings, tally, keep)
+        return _materialize(rows, shared, settings, tally, keep)
     except Exception as exc:
         if not is_data_fault(exc):
             raise
         fault = fault_summary(exc)
     log.warning("%s failed (%s); running it again in halves to find the cause", what, fault)
     started = time.monotonic()
-    tagged = _quarantine(rows, model_bc, settings, fault, tally, keep)
+    tagged = _quarantine(rows, shared, settings, fault, tally, keep)
     if tagged.quarantined:
         log.error(
             "%s: quarantined %d poison record(s) of %d in %.1fs (%s); the rest went on",
@@ -277,12 +291,12 @@ META_COLUMNS = (
 
 def _materialize(
     rows: DataFrame,
-    model_bc: Broadcast[Any],
+    shared: SharedModel,
     settings: Settings,
     tally: SolrTally | None,
     keep: Mapping[str, str] | None,
 ) -> Tagged:
-    out = tag_frame(rows, model_bc, settings, tally, keep)
+    out = tag_frame(rows, shared, settings, tally, keep)
     try:
         meta = out.selectExpr(*META_COLUMNS, *(keep or {})).collect()
     except BaseException:
@@ -293,7 +307,7 @@ def _materialize(
 
 def _quarantine(
     rows: DataFrame,
-    model_bc: Broadcast[Any],
+    shared: SharedModel,
     settings: Settings,
     fault: str,
     tally: SolrTally | None,
@@ -318,7 +332,7 @@ def _quarantine(
             tasks = max(1, min(cores, len(chunk) // PROBE_ROWS_PER_TASK))
             probe = rows.where(_coords_filter(chunk)).coalesce(tasks)
             try:
-                good.append(_materialize(probe, model_bc, settings, tally, keep))
+                good.append(_materialize(probe, shared, settings, tally, keep))
             except Exception as exc:
                 if not is_data_fault(exc):
                     raise
@@ -467,9 +481,9 @@ class CurrentModel:
         self.spark = spark
         self.settings = settings
         self.version: str | None = None
-        self.broadcast: Broadcast[Any] | None = None
+        self.shared: SharedModel | None = None
 
-    def get(self) -> Broadcast[Any]:
+    def get(self) -> SharedModel:
         """The broadcast bundle CURRENT names. Raises NoModelError when there is none yet."""
         from imagetag.bundle import ModelStore
 
@@ -477,18 +491,20 @@ class CurrentModel:
         version = store.current_version()
         if version is None:
             raise NoModelError(self.settings.model_store)
-        if version != self.version or self.broadcast is None:
+        if version != self.version or self.shared is None:
             model = store.load(version)
-            old = self.broadcast
-            self.broadcast = self.spark.sparkContext.broadcast(model)
+            old = self.shared
+            # A key of its own, not the version: two stores (or a store rebuilt) may both hold
+            # a "v0001", and a reused worker must never take one for the other.
+            self.shared = SharedModel(uuid.uuid4().hex, self.spark.sparkContext.broadcast(model))
             if old is not None:
-                old.unpersist()
+                old.broadcast.unpersist()
             if self.version is not None:
                 log.info("model swapped: %s -> %s", self.version, version)
             else:
                 log.info("model %s loaded", version)
             self.version = version
-        return self.broadcast
+        return self.shared
 
 
 def kafka_options(settings: Settings) -> dict[str, str]:

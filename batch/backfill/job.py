@@ -58,7 +58,7 @@ from imagetag.sourceformats import FORMATS, SourceKind, parts
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from imagetag.pipeline import Written
+    from imagetag.pipeline import SharedModel, Written
     from imagetag.sinks import TransactionalSink
 
 log = logging.getLogger("imagetag.backfill")
@@ -398,13 +398,13 @@ class Backfill:
         try:
             for round_splits, token in self._rounds(pending, per_round):
                 assert models is not None
-                model_bc = models.get()
+                model = models.get()
                 if models.version and models.version not in summary.model_versions:
                     summary.model_versions.append(models.version)
                 if models.version:
                     self.metrics.model_in_use(models.version)
                 round_started = time.monotonic()
-                written = self._run_round(round_splits, token, model_bc)
+                written = self._run_round(round_splits, token, model)
                 self._measure(written, time.monotonic() - round_started, len(round_splits))
                 counts = written.counts
                 for split in round_splits:
@@ -453,7 +453,7 @@ class Backfill:
         self.metrics.batch_seconds.observe(seconds)
         self.metrics.done.inc(splits)
 
-    def _run_round(self, splits: Sequence[Split], token: str, model_bc: Any) -> Written:
+    def _run_round(self, splits: Sequence[Split], token: str, model: SharedModel) -> Written:
         """Read, archive, tag and write one round; a round that fails deterministically is
         narrowed down and its poison records dead-lettered (``pipeline.tag_rows``)."""
         from pyspark import StorageLevel
@@ -466,7 +466,7 @@ class Backfill:
             self._archive(rows, splits)
         try:
             started = time.monotonic()
-            tagged = tag_rows(rows, model_bc, self.settings, f"round {token[:60]}", upsert=True)
+            tagged = tag_rows(rows, model, self.settings, f"round {token[:60]}", upsert=True)
             try:
                 assert self.sink is not None
                 tag_s = time.monotonic() - started

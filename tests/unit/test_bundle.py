@@ -169,7 +169,9 @@ def test_current_model_reloads_when_current_moves(tmp_path: Path) -> None:
     assert models.get() is first and len(spark.broadcasts) == 1  # no reload while CURRENT stays
     assert models.version == "v0001"
     store.promote("v0002")
-    assert models.get().value.dictionary.k == 6 and models.version == "v0002"
+    second = models.get()
+    assert second.broadcast.value.dictionary.k == 6 and models.version == "v0002"
+    assert second.key != first.key  # what a reused worker keys its unpickled model on
     assert spark.broadcasts[0].unpersisted  # the old model's broadcast is freed
 
 
