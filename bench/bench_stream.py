@@ -6,12 +6,14 @@ same ``SolrWriter``, same images. Each measure runs each pipeline in a run of it
 topics, collection, checkpoints, consumer group), and prints one table, stream and peer side by
 side:
 
-1. sustained throughput (images/s, images/s per core) draining a filled topic: warmed up, then
-   the images sent at once, from the first send to the last image done; ``tag_batch`` alone in
-   a loop (one core, no Kafka, no Solr) as the ceiling;
+1. sustained throughput (images/s, images/s per core, images per CPU second of every process,
+   the services' too) draining a filled topic: warmed up, then the images sent at once, from
+   the first send to the last image done; ``tag_batch`` alone in a loop (one core, no Kafka,
+   no Solr) as the ceiling;
 2. produce -> searchable latency p50 / p99 while producing at half of *that pipeline's own*
    throughput, after a warm-up of 200 images (the first batch's start-up is not the steady
-   state);
+   state) and, with ``--soak-seconds``, that long at the same rate first (the JVM's JIT
+   compilation goes on for minutes; see ``soak``);
 3. idle latency: warmed up and idle, one image every 3 s (``--idle-images``), produce ->
    searchable per image, and the batches each image took and their duration;
 4. where the CPU goes, draining and at half load: CPU ms per image of each process tree (the
@@ -498,6 +500,20 @@ def warm_up(run: Running, settings: Settings) -> None:
     wait_idle(run)
 
 
+SOAK_START, SOAK_MAX = 10_000, 40_000  # training-split images no other measure sends
+
+
+def soak(run: Running, settings: Settings, rate: float, seconds: float) -> None:
+    """Produce at ``rate`` for ``seconds`` through ``run``, images none of the measures
+    send, then wait until it is idle. The JVM compiles Spark's code for minutes after the
+    first batches (at 70 images/s here, its CPU per 30 s fell from 21 to 12 s over 4.5
+    minutes, the JIT compiler's share from 11 to 4 s): without a soak, the latency run
+    measures that, not a stream that has been up for a day."""
+    count = min(SOAK_MAX, max(1, int(rate * seconds)))
+    produce(settings, fashion_images(count, start=SOAK_START), rate, f"bench://{run.kind}/soak")
+    wait_idle(run)
+
+
 def wait_idle(run: Running, quiet_s: float = 3.0, timeout_s: float = 300.0) -> None:
     """Until ``run`` has done no record for ``quiet_s``."""
     deadline = time.monotonic() + timeout_s
@@ -710,6 +726,16 @@ class Result:
     loaded_cpu: tuple[Cpu, int] | None = None  # CPU spent at half load, and the images sent
 
 
+def per_cpu_second(result: Result) -> str:
+    """Images drained per CPU second of every process (pipeline, Kafka, Solr): throughput per
+    core that counts the cores the services took too (the peer's one process leaves them the
+    other core for free)."""
+    if result.drained_cpu is None:
+        return "-"
+    cpu, images = result.drained_cpu
+    return fmt(images / max(sum(cpu.seconds.values()), 1e-9), ".0f")
+
+
 def cpu_rows(results: Mapping[str, Result]) -> list[tuple[str, str, str]]:
     """The rows of the "where the CPU goes" table: ms of CPU per image by process, and how
     many of the machine's cores all of them kept busy, draining and at half load."""
@@ -749,6 +775,7 @@ def report(
     images: int,
     settings: Settings,
     rate: float | None = None,
+    soak_s: float = 0.0,
 ) -> str:
     """Every table, stream and peer side by side (``-`` for a pipeline not run)."""
 
@@ -768,6 +795,7 @@ def report(
                     "per core / tag_batch alone",
                     *both(lambda r: fmt(r.throughput / r.cores / raw, ".2f")),
                 ),
+                ("images per CPU s, all processes", *both(per_cpu_second)),
             ],
         )
         + f"\ntag_batch alone, one process, one core, no Kafka or Solr: {raw:.0f} images/s",
@@ -777,6 +805,7 @@ def report(
         format_table(
             "latency produce -> searchable, producing at "
             + (f"{rate:g} images/s " if rate else "half each pipeline's own throughput ")
+            + (f"after a {soak_s:g}s soak at that rate " if soak_s > 0 else "")
             + f"(trigger / poll {settings.spark.trigger_seconds:g}s, "
             f"commitWithin {settings.solr.commit_within_ms}ms)",
             [
@@ -852,6 +881,13 @@ def main() -> int:
         help="images/s of the latency run (default: half the run's own throughput); a fixed "
         "rate compares two settings at the same load on a noisy machine",
     )
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=0.0,
+        help="before the latency run, produce at its rate for this long (other images), so "
+        "that it measures a JVM past its JIT compilation (about 4 minutes at half load here)",
+    )
     parser.add_argument("--plots", type=Path, default=PLOTS_DIR, help="folder for the PNGs")
     args = parser.parse_args()
     settings = Settings.load()
@@ -890,6 +926,9 @@ def main() -> int:
             running(kind, run, tmp, "latency") as started,
         ):
             warm_up(started, run)
+            if args.soak_seconds > 0:
+                note(f"{kind}: soaking {args.soak_seconds:g}s at {result.rate:.0f} images/s")
+                soak(started, run, result.rate, args.soak_seconds)
             stack = LocalStack(run)
             before, counters = cpu_now(started.process, stack), started.snapshot()
             result.latencies = latency(started, run, fashion_images(count), result.rate)
@@ -897,7 +936,7 @@ def main() -> int:
             result.loaded = started.snapshot() - counters
             result.idle, result.idle_spent = idle_latency(started, run, idle_images)
     print()
-    print(report(results, raw, len(data), settings, args.rate))
+    print(report(results, raw, len(data), settings, args.rate, args.soak_seconds))
     written = write_plots(
         args.plots,
         latencies_s={kind: r.latencies for kind, r in results.items()},

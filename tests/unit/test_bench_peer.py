@@ -25,6 +25,7 @@ from bench.bench_stream import (
     format_table,
     logged_phases,
     peer_snapshot,
+    per_cpu_second,
     percentiles,
     stream_snapshot,
 )
@@ -357,3 +358,9 @@ def test_cpu_rows_give_ms_per_image_by_process_and_the_cores_kept_busy() -> None
         "-",
         "-",
     )
+
+
+def test_images_per_cpu_second_count_every_process() -> None:
+    spent = Cpu({"pipeline": 8.0, "solr": 2.0, "kafka": 0.5}, at=5.0)
+    assert per_cpu_second(Result("stream", 2, drained_cpu=(spent, 1050))) == "100"
+    assert per_cpu_second(Result("peer", 1)) == "-"  # not measured
