@@ -114,7 +114,7 @@ class SolrLabelWriter:
                 [{"id": image_id, "label": label}],
                 fieldUpdates={"label": "set"},
                 commit=False,
-                commitWithin=1000,
+                commitWithin=self.settings.solr.commit_within_ms,
             )
         except pysolr.SolrError as exc:
             raise ServiceError(
