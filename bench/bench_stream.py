@@ -12,8 +12,8 @@ side:
    no Solr) as the ceiling;
 2. produce -> searchable latency p50 / p99 while producing at half of *that pipeline's own*
    throughput, after a warm-up of 200 images (the first batch's start-up is not the steady
-   state) and, with ``--soak-seconds``, that long at the same rate first (the JVM's JIT
-   compilation goes on for minutes; see ``soak``);
+   state) and a soak of ``--soak-seconds`` (240) at the same rate (the JVM's JIT compilation
+   goes on for minutes; see ``soak``);
 3. idle latency: warmed up and idle, one image every 3 s (``--idle-images``), produce ->
    searchable per image, and the batches each image took and their duration;
 4. where the CPU goes, draining and at half load: CPU ms per image of each process tree (the
@@ -43,7 +43,8 @@ Runs on the local stack (started if needed); needs a model in the model store
 (``imagetag train``, or ``make demo`` which trains one).
 
     .venv/bin/python bench/bench_stream.py [--images 4000] [--latency-seconds 60]
-        [--idle-images 10] [--only stream|peer|both] [--plots DIR]
+        [--idle-images 10] [--only stream|peer|both] [--rate N] [--soak-seconds 240]
+        [--plots DIR]
 """
 
 from __future__ import annotations
@@ -884,9 +885,10 @@ def main() -> int:
     parser.add_argument(
         "--soak-seconds",
         type=float,
-        default=0.0,
+        default=240.0,
         help="before the latency run, produce at its rate for this long (other images), so "
-        "that it measures a JVM past its JIT compilation (about 4 minutes at half load here)",
+        "that it measures a JVM past its JIT compilation (about 4 minutes at half load here; "
+        "0: measure the first minutes of a stream instead)",
     )
     parser.add_argument("--plots", type=Path, default=PLOTS_DIR, help="folder for the PNGs")
     args = parser.parse_args()
