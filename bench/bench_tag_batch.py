@@ -13,11 +13,16 @@ shared machine does not distort it), it prints:
   (``pyspark.mllib.clustering.KMeansModel.predict``, run locally on the same centres) and
   counts words in a Python histogram.
 
+Then, for 28×28 images in calls of 1000 rows, images/s/core by ``tagging.CHUNK_ROWS`` (the records
+``tag_batch`` describes and classifies at a time; the default is marked): how much keeping the
+vectorised steps' temporaries small is worth.
+
 The model is the CURRENT bundle of the model store when there is one (``imagetag train``),
 else a synthetic bundle of the default shape (dense SIFT, k=256, 2-level pyramid, 100 random
 trees of depth 20) so the figures stay comparable.
 
-    .venv/bin/python bench/bench_tag_batch.py [--images 300] [--store PATH] [--synthetic]
+    .venv/bin/python bench/bench_tag_batch.py [--images 300] [--chunk-images 2000] [--store PATH]
+        [--synthetic]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from imagetag import tagging
 from imagetag.bundle import BundleError, ModelBundle, ModelStore
 from imagetag.features import Features
 from imagetag.settings import Settings
@@ -103,10 +109,40 @@ def seed_blog_encode(kmeans: Any, features: list[Features], k: int) -> list[np.n
     return vectors
 
 
+CHUNKS = (10, 32, 100, 500, 1000)
+CALL_ROWS = 1000
+
+
+def chunk_table(model: ModelBundle, count: int) -> None:
+    """images/s/core of ``tag_batch`` over ``count`` 28×28 images in calls of CALL_ROWS rows,
+    for each CHUNK_ROWS of CHUNKS."""
+    batch = events(make_images("28x28", count))
+    default = tagging.CHUNK_ROWS
+    print(f"\n28x28, {count} images in calls of {CALL_ROWS} rows, by tagging.CHUNK_ROWS")
+    print(f"{'CHUNK_ROWS':>10} {'tag_batch':>10} {'CPU ms/image':>13}")
+    print("-" * 35)
+    try:
+        for chunk in sorted({*CHUNKS, default}):
+            tagging.CHUNK_ROWS = chunk
+
+            def tag_all(frame: pd.DataFrame = batch) -> None:
+                for lo in range(0, len(frame), CALL_ROWS):
+                    tag_batch(frame.iloc[lo : lo + CALL_ROWS], model)
+
+            per_s = rate(count, tag_all, repeat=2)
+            mark = " (default)" if chunk == default else ""
+            print(f"{chunk:>10} {per_s:>8.1f}/s {1000 / per_s:>13.2f}{mark}")
+    finally:
+        tagging.CHUNK_ROWS = default
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300, help="images per size")
     parser.add_argument("--loop-images", type=int, default=10, help="images for the slow loop")
+    parser.add_argument(
+        "--chunk-images", type=int, default=2000, help="28x28 images for the CHUNK_ROWS table"
+    )
     parser.add_argument("--store", help="model store (default: the settings' model_store)")
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic bundle")
     args = parser.parse_args()
@@ -179,6 +215,7 @@ def main() -> None:
             f"{numpy_rate:>13.1f}/s {loop_rate:>20.2f}/s {numpy_rate / loop_rate:>8.0f}x "
             f"{per_image:>9.0f}"
         )
+    chunk_table(model, args.chunk_images)
 
 
 if __name__ == "__main__":

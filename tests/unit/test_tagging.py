@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from imagetag import tagging
 from imagetag.bundle import ModelBundle
 from imagetag.dictionary import VisualDictionary
 from imagetag.images import decode_image
@@ -144,3 +145,27 @@ def test_empty_batch() -> None:
     assert (len(tagged), len(review), len(dead)) == (0, 0, 0)
     assert list(tagged.columns) == list(TAGGED_COLUMNS)
     assert list(dead.columns) == list(DEAD_COLUMNS)
+
+
+def test_chunks_of_rows_give_the_outcomes_of_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CHUNK_ROWS`` at a time: the same rows, in the same order, as the whole batch at once,
+    and a bad record in any chunk dead alone, never classified."""
+    images: list[bytes | None] = [_blank() if i % 3 else _textured(i) for i in range(10)]
+    images[4], images[8] = b"not an image at all", _textured(3)[:100]
+    batch = _events(images, topic=["images"] * 10, partition=[0] * 10, offset=list(range(10)))
+    monkeypatch.setattr(tagging, "CHUNK_ROWS", 10_000)
+    whole = tag_batch(batch, _model(), now_ms=42)
+    monkeypatch.setattr(tagging, "CHUNK_ROWS", 3)
+    passes: list[int] = []
+    vectorised = tagging._vectorised
+
+    def counted(model: ModelBundle, items: list[tagging._Decoded]) -> list[tagging._Classified]:
+        passes.append(len(items))
+        return vectorised(model, items)
+
+    monkeypatch.setattr(tagging, "_vectorised", counted)
+    chunked = tag_batch(batch, _model(), now_ms=42)
+    for one, other in zip(whole, chunked, strict=True):
+        pd.testing.assert_frame_equal(one, other)
+    assert chunked[2]["offset"].tolist() == [4, 8]
+    assert passes == [3, 2, 2, 1]  # 3 rows a chunk, the dead ones never classified
