@@ -1,8 +1,10 @@
 """Benchmark: the Spark stream against its peer, the plain consumer loop, side by side.
 
 The stream is ``imagetag stream`` (local[N]: N cores); the peer is ``bench/peer.py``, the loop a
-user would write instead (one process, one core for tagging): same model, same ``tag_kafka_rows``,
-same ``SolrWriter``, same images. Each measure runs each pipeline in a run of its own (own
+user would write instead (one process, one core for tagging), run as N processes in one consumer
+group (``--peer-processes``; at most the topic's partitions), as a user scales it: both then
+have the machine's cores, and images/s per core compares like with like. Same model, same
+``tag_kafka_rows``, same ``SolrWriter``, same images. Each measure runs each pipeline in a run of its own (own
 topics, collection, checkpoints, consumer group), and prints one table, stream and peer side by
 side:
 
@@ -224,14 +226,16 @@ class Cpu:
         return Cpu({n: self.seconds[n] - other.seconds[n] for n in names}, self.at - other.at)
 
 
-def cpu_now(process: subprocess.Popen[bytes], stack: LocalStack) -> Cpu:
-    """The pipeline's tree by part (the peer is one process; the stream is its Python driver,
-    the Spark JVM and the Python workers below it), then each service's tree."""
-    seconds = {"pipeline": process_cpu(process.pid)}
-    for child in descendants(process.pid):
-        command = cmdline(child)
-        part = "spark jvm" if "java" in command.split(" ", 1)[0] else "python workers"
-        seconds[part] = seconds.get(part, 0.0) + process_cpu(child)
+def cpu_now(run: Running, stack: LocalStack) -> Cpu:
+    """The pipeline's trees by part (the peer's processes; the stream's Python driver, the
+    Spark JVM and the Python workers below it), then each service's tree."""
+    seconds = {"pipeline": 0.0}
+    for process in run.processes:
+        seconds["pipeline"] += process_cpu(process.pid)
+        for child in descendants(process.pid):
+            command = cmdline(child)
+            part = "spark jvm" if "java" in command.split(" ", 1)[0] else "python workers"
+            seconds[part] = seconds.get(part, 0.0) + process_cpu(child)
     for service in stack.services:
         pid = service.pid()
         seconds[service.name] = tree_cpu(pid) if pid is not None else 0.0
@@ -242,21 +246,22 @@ def cpu_now(process: subprocess.Popen[bytes], stack: LocalStack) -> Cpu:
 
 
 class Running:
-    """A started pipeline process (``stream`` or ``peer``): its log and its counters."""
+    """A started pipeline (``stream``: one process; ``peer``: one or more in one consumer
+    group, each with its ``--stats`` file), their shared log and their counters."""
 
     def __init__(
         self,
         kind: str,
-        process: subprocess.Popen[bytes],
+        processes: Sequence[subprocess.Popen[bytes]],
         log: Path,
         log_start: int,
-        stats: Path | None = None,
+        stats: Sequence[Path] = (),
     ) -> None:
         self.kind = kind
-        self.process = process
+        self.processes = list(processes)
         self.log = log
         self.log_start = log_start
-        self.stats = stats
+        self.stats = list(stats)
         self.metrics_url: str | None = None
 
     def log_text(self) -> str:
@@ -266,13 +271,17 @@ class Running:
             return file.read().decode(errors="replace")
 
     def check(self, doing: str) -> None:
-        if self.process.poll() is not None:
+        if any(process.poll() is not None for process in self.processes):
             raise SystemExit(f"{self.kind} died while {doing}; see {self.log}")
 
     def snapshot(self) -> Snapshot:
         if self.kind == "peer":
-            assert self.stats is not None
-            return peer_snapshot(self.stats.read_text().splitlines() if self.stats.exists() else [])
+            return peer_snapshot(
+                line
+                for path in self.stats
+                if path.exists()
+                for line in path.read_text().splitlines()
+            )
         assert self.metrics_url is not None
         page = requests.get(self.metrics_url, timeout=10)
         page.raise_for_status()
@@ -280,29 +289,38 @@ class Running:
 
 
 @contextmanager
-def running(kind: str, settings: Settings, tmp: Path, label: str) -> Iterator[Running]:
-    """Start ``kind`` on ``settings``, wait until it consumes, yield it, stop it (SIGTERM)."""
+def running(
+    kind: str, settings: Settings, tmp: Path, label: str, processes: int = 1
+) -> Iterator[Running]:
+    """Start ``kind`` on ``settings`` (the peer as ``processes`` processes in one consumer
+    group), wait until it consumes, yield it, stop it (SIGTERM)."""
     log = tmp / f"{kind}-{label}.log"
     log_start = log.stat().st_size if log.exists() else 0
     env = settings.child_env()
-    stats: Path | None = None
+    stats: list[Path] = []
     group = f"{settings.solr.collection}.peer"  # the peer's: the run's own base name
+    commands: list[list[str]] = []
     if kind == "stream":
-        command, ready = [IMAGETAG, "stream"], "streaming "
+        commands, ready = [[IMAGETAG, "stream"]], "streaming "
         env["IMAGETAG_METRICS__STREAM_PORT"] = "0"  # any free port: the demo's may be taken
     else:
-        stats = tmp / f"peer-{label}-{settings.solr.collection}.jsonl"
-        stats.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "bench.peer", "--group", group, "--stats", str(stats)]
-        command += ["--poll-seconds", str(settings.spark.trigger_seconds)]
+        for i in range(processes):
+            stats.append(tmp / f"peer-{label}-{settings.solr.collection}-{i}.jsonl")
+            stats[-1].unlink(missing_ok=True)
+            command = [sys.executable, "-m", "bench.peer", "--group", group]
+            command += ["--stats", str(stats[-1])]
+            commands.append([*command, "--poll-seconds", str(settings.spark.trigger_seconds)])
         ready = PEER_READY
         env |= {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(log, "ab") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=out, cwd=ROOT)
-    run = Running(kind, process, log, log_start, stats)
+        started = [
+            subprocess.Popen(command, env=env, stdout=out, stderr=out, cwd=ROOT)
+            for command in commands
+        ]
+    run = Running(kind, started, log, log_start, stats)
     try:
         deadline = time.monotonic() + 180
-        while ready not in run.log_text():
+        while run.log_text().count(ready) < len(started):
             run.check("starting")
             if time.monotonic() > deadline:
                 raise SystemExit(f"{kind} did not start; see {log}")
@@ -314,12 +332,14 @@ def running(kind: str, settings: Settings, tmp: Path, label: str) -> Iterator[Ru
             run.metrics_url = found.group(1)
         yield run
     finally:
-        process.terminate()
-        try:
-            process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         delete_group(settings, group if kind == "peer" else settings.kafka.stream_group)
 
 
@@ -448,27 +468,34 @@ def done_count(settings: Settings) -> int:
 # -- the measures -----------------------------------------------------------------------------
 
 
+# Images the throughput run drains before it measures: the first thousands of records through
+# a JVM run while its JIT compiles, Solr's and Kafka's too (the first pipeline measured after
+# the stack started paid 3.2 s of Solr's time for 2000 documents, the next one 0.35 s).
+DRAIN_WARM_UP = 2000
+
+
 def throughput(
     kind: str,
     settings: Settings,
     data: list[tuple[bytes, str]],
     tmp: Path,
     progress: list[tuple[float, float]] | None = None,
+    processes: int = 1,
 ) -> tuple[float, Snapshot, Cpu]:
-    """images/s of ``kind`` draining ``data`` as a backlog, its counters and the CPU spent
-    over the drain.
+    """images/s of ``kind`` (the peer as ``processes`` processes) draining ``data`` as a
+    backlog, its counters and the CPU spent over the drain.
 
-    The pipeline is warmed up first (a cold first batch is start-up, not throughput: Spark's
-    takes tens of seconds), then ``data`` is sent at once (a fraction of a second next to the
-    tagging, so the pipeline finds a filled topic) and the rate is from the first send to the
-    last image done. Appends (s since the first send, images done) to ``progress`` at each
-    poll."""
+    The pipeline is warmed up first by draining DRAIN_WARM_UP other images (a cold first
+    batch is start-up, not throughput: Spark's takes tens of seconds; and the JVMs compile),
+    then ``data`` is sent at once (a fraction of a second next to the tagging, so the pipeline
+    finds a filled topic) and the rate is from the first send to the last image done. Appends
+    (s since the first send, images done) to ``progress`` at each poll."""
     distinct = len({image_id(d) for d, _ in data})
-    with running(kind, settings, tmp, "throughput") as run:
-        warm_up(run, settings)
+    with running(kind, settings, tmp, "throughput", processes) as run:
+        warm_up(run, settings, DRAIN_WARM_UP)
         stack = LocalStack(settings)
         before, done_before = run.snapshot(), done_count(settings)
-        cpu_before = cpu_now(run.process, stack)
+        cpu_before = cpu_now(run, stack)
         started = time.monotonic()
         produce(settings, data, source=f"bench://{kind}")
         while True:
@@ -480,16 +507,16 @@ def throughput(
                 break
             run.check("draining the topic")
             time.sleep(0.25)
-        cpu = cpu_now(run.process, stack) - cpu_before
+        cpu = cpu_now(run, stack) - cpu_before
         time.sleep(2)  # the last batch's duration is recorded after its documents are visible
         spent = run.snapshot() - before
     return distinct / elapsed, spent, cpu
 
 
-def warm_up(run: Running, settings: Settings) -> None:
-    """200 images through ``run`` (Python workers started, model loaded, first batches run),
-    then wait until it is idle."""
-    warm = fashion_images(200, start=50_000)
+def warm_up(run: Running, settings: Settings, count: int = 200) -> None:
+    """``count`` images sent at once through ``run`` (Python workers started, model loaded,
+    first batches run), then wait until it is idle."""
+    warm = fashion_images(count, start=50_000)
     produce(settings, warm, source=f"bench://{run.kind}/warm-up")
     distinct = len({image_id(d) for d, _ in warm})
     deadline = time.monotonic() + 300
@@ -729,8 +756,7 @@ class Result:
 
 def per_cpu_second(result: Result) -> str:
     """Images drained per CPU second of every process (pipeline, Kafka, Solr): throughput per
-    core that counts the cores the services took too (the peer's one process leaves them the
-    other core for free)."""
+    core that counts the cores the services took too, however busy the machine was."""
     if result.drained_cpu is None:
         return "-"
     cpu, images = result.drained_cpu
@@ -787,7 +813,8 @@ def report(
     tables = [
         format_table(
             f"throughput, draining {images} Fashion-MNIST 28x28 PNGs sent at once, warmed up "
-            f"(stream {settings.spark.master}, peer one process)",
+            f"(stream {settings.spark.master}, peer {results['peer'].cores if 'peer' in results else '-'} "
+            "processes)",
             [
                 ("images/s", *both(lambda r: fmt(r.throughput, ".0f"))),
                 ("cores", *both(lambda r: str(r.cores))),
@@ -890,6 +917,13 @@ def main() -> int:
         "that it measures a JVM past its JIT compilation (about 4 minutes at half load here; "
         "0: measure the first minutes of a stream instead)",
     )
+    parser.add_argument(
+        "--peer-processes",
+        type=int,
+        default=None,
+        help="peer processes in one consumer group (default: as many as the stream has "
+        "cores, at most the topic's partitions): both pipelines then have the machine's cores",
+    )
     parser.add_argument("--plots", type=Path, default=PLOTS_DIR, help="folder for the PNGs")
     args = parser.parse_args()
     settings = Settings.load()
@@ -910,14 +944,16 @@ def main() -> int:
         args.idle_images,
     )
     del model
-    cores = {"stream": spark_cores(settings.spark.master), "peer": 1}
+    stream_cores = spark_cores(settings.spark.master)
+    peers = args.peer_processes or min(stream_cores, settings.kafka.partitions)
+    cores = {"stream": stream_cores, "peer": peers}
     results: dict[str, Result] = {}
     for kind in kinds:
         result = results[kind] = Result(kind, cores[kind])
         note(f"{kind}: throughput over {len(data)} images")
         with isolated_run(settings, f"{kind}_tput", tmp) as run:
             result.throughput, result.drained, cpu = throughput(
-                kind, run, data, tmp, result.timeline
+                kind, run, data, tmp, result.timeline, cores[kind]
             )
             result.drained_cpu = (cpu, len({image_id(d) for d, _ in data}))
         result.rate = args.rate or result.throughput / 2
@@ -925,16 +961,16 @@ def main() -> int:
         note(f"{kind}: latency at {result.rate:.0f} images/s, then {len(idle_images)} idle images")
         with (
             isolated_run(settings, f"{kind}_latency", tmp) as run,
-            running(kind, run, tmp, "latency") as started,
+            running(kind, run, tmp, "latency", cores[kind]) as started,
         ):
             warm_up(started, run)
             if args.soak_seconds > 0:
                 note(f"{kind}: soaking {args.soak_seconds:g}s at {result.rate:.0f} images/s")
                 soak(started, run, result.rate, args.soak_seconds)
             stack = LocalStack(run)
-            before, counters = cpu_now(started.process, stack), started.snapshot()
+            before, counters = cpu_now(started, stack), started.snapshot()
             result.latencies = latency(started, run, fashion_images(count), result.rate)
-            result.loaded_cpu = (cpu_now(started.process, stack) - before, count)
+            result.loaded_cpu = (cpu_now(started, stack) - before, count)
             result.loaded = started.snapshot() - counters
             result.idle, result.idle_spent = idle_latency(started, run, idle_images)
     print()
@@ -944,7 +980,7 @@ def main() -> int:
         latencies_s={kind: r.latencies for kind, r in results.items()},
         rates={"tag_batch alone": (raw, 1)}
         | {
-            f"{kind} {settings.spark.master if kind == 'stream' else '(one process)'}": (
+            f"{kind} {settings.spark.master if kind == 'stream' else f'({r.cores} processes)'}": (
                 r.throughput,
                 r.cores,
             )

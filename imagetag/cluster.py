@@ -47,7 +47,7 @@ from types import FrameType
 from imagetag.settings import Settings
 from imagetag.spark import (
     connector_jars,
-    driver_log_conf,
+    driver_java_conf,
     loopback_driver_conf,
     spark_home,
     standalone_master,
@@ -102,7 +102,7 @@ def submit_command(settings: Settings, job: list[str], code_zip: Path) -> list[s
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         **loopback_driver_conf(settings),
-        **driver_log_conf(),
+        **driver_java_conf(c1_only=job[0] == "stream"),
         **spark.conf,
     }
     command = [

@@ -431,7 +431,7 @@ def run(settings: Settings, *, max_restarts: int | None = None) -> int:
     """Run the stream until SIGTERM; restart failed queries from their checkpoints."""
     from imagetag.spark import spark_session
 
-    spark = spark_session(settings, "imagetag-stream")
+    spark = spark_session(settings, "imagetag-stream", c1_only=True)
     # One micro-batch per arriving batch of images, none without data (the queries keep no
     # state that a batch without data would move on).
     if "spark.sql.streaming.noDataMicroBatches.enabled" not in settings.spark.conf:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -18,6 +19,7 @@ from bench.bench_stream import (
     PEER_READY,
     Cpu,
     Result,
+    Running,
     Snapshot,
     breakdown_rows,
     cpu_rows,
@@ -247,6 +249,15 @@ def test_peer_stats_lines_sum_into_a_snapshot() -> None:
     assert means["consume"] == pytest.approx(0.5)
     assert means["other"] == pytest.approx(0.5 - 0.25 - 0.1 - 0.05)
     assert json.loads(lines[0])["rows"] == 100
+
+
+def test_a_peer_of_several_processes_sums_their_stats_files(tmp_path: Path) -> None:
+    files = [tmp_path / "peer-0.jsonl", tmp_path / "peer-1.jsonl", tmp_path / "peer-2.jsonl"]
+    files[0].write_text(_stats(100).to_json() + "\n" + _stats(20).to_json() + "\n")
+    files[1].write_text(_stats(50).to_json() + "\n")  # files[2]: that process wrote nothing yet
+    run = Running("peer", [], tmp_path / "peer.log", 0, files)
+    snapshot = run.snapshot()
+    assert (snapshot.batches, snapshot.rows) == (3, 170)
 
 
 def test_stream_snapshot_reads_the_metrics_and_the_batch_lines() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from imagetag.cluster import CODE_ZIP, LAUNCHER, build_code_zip, submit_command, submit_env
 from imagetag.settings import Settings
-from imagetag.spark import standalone_master
+from imagetag.spark import C1_ONLY, driver_java_conf, standalone_master
 from imagetag.stack import LocalStack
 
 
@@ -67,6 +67,23 @@ def test_submit_command_ships_code_and_jars(tmp_path: Path) -> None:
     assert "spark.executor.cores=1" in command and "spark.driver.host=127.0.0.1" in command
     assert command[-3:] == [str(code.parent / LAUNCHER), "backfill", "/data"]
     assert submit_env(settings)["SPARK_LOCAL_IP"] == "127.0.0.1"
+
+
+def test_only_the_stream_s_driver_stops_its_jit_at_c1(tmp_path: Path) -> None:
+    (tmp_path / "jvm" / "spark").mkdir(parents=True)
+    (tmp_path / "jvm" / "spark" / "kafka.jar").write_bytes(b"")
+    settings = Settings.load(stack={"jvm_dir": str(tmp_path / "jvm")})
+
+    def driver_options(job: str) -> list[str]:
+        command = submit_command(settings, [job], tmp_path / CODE_ZIP)
+        [value] = [c for c in command if c.startswith("spark.driver.extraJavaOptions=")]
+        return value.split("=", 1)[1].split()
+
+    stream = driver_options("stream")
+    assert C1_ONLY in stream and stream[0].startswith("-Dlog4j2.configurationFile=")
+    assert C1_ONLY not in driver_options("backfill") and C1_ONLY not in driver_options("train")
+    assert driver_java_conf(c1_only=True)["spark.driver.extraJavaOptions"].split() == stream
+    assert C1_ONLY not in driver_java_conf()["spark.driver.extraJavaOptions"]
 
 
 def test_the_stack_starts_a_cluster_only_for_a_loopback_master() -> None:
