@@ -60,8 +60,9 @@ def loopback_driver_conf(settings: Settings) -> dict[str, str]:
 # compiling Spark's planner after 16,000 images: its threads took 1.7-2.8 CPU s of every 4000
 # images drained, more than the JVM's own work. Measured on the bench, draining 4000 images
 # four times (local[2]): the JVM's CPU per image 0.84-1.19 ms with C2, 0.44-0.62 with C1 alone,
-# and images per CPU second of every process 111-115 against 124-130. The batch jobs keep C2:
-# training's KMeans and a backfill's long tasks run the same JVM loops long enough to pay for it.
+# and images per CPU second of every process 111-115 against 124-130. The batch jobs keep C2
+# (not measured with C1): training's Random Forest runs in the JVM, where compiled code's speed
+# is what counts.
 # With C1 alone the JVM reserves the code cache of a JVM without tiers, 48 MB, which Spark's
 # code filled: the sweeper then evicted compiled methods and C1 compiled them again (at 109
 # images/s, of every 60 s: sweeper 2.0-2.2 CPU s, C1 2.8-3.2); with the tiered JVM's 240 MB,
