@@ -4,9 +4,9 @@ The stream is ``imagetag stream`` (local[N]: N cores); the peer is ``bench/peer.
 user would write instead (one process, one core for tagging), run as N processes in one consumer
 group (``--peer-processes``; at most the topic's partitions), as a user scales it: both then
 have the machine's cores, and images/s per core compares like with like. Same model, same
-``tag_kafka_rows``, same ``SolrWriter``, same images. Each measure runs each pipeline in a run of its own (own
-topics, collection, checkpoints, consumer group), and prints one table, stream and peer side by
-side:
+``tag_kafka_rows``, same ``SolrWriter``, same images. Each measure runs each pipeline in a run
+of its own (own topics, collection, checkpoints, consumer group), and prints one table, stream
+and peer side by side:
 
 1. sustained throughput (images/s, images/s per core, images per CPU second of every process,
    the services' too) draining a filled topic: warmed up, then the images sent at once, from
@@ -469,8 +469,8 @@ def done_count(settings: Settings) -> int:
 
 
 # Images the throughput run drains before it measures: the first thousands of records through
-# a JVM run while its JIT compiles, Solr's and Kafka's too (the first pipeline measured after
-# the stack started paid 3.2 s of Solr's time for 2000 documents, the next one 0.35 s).
+# a JVM run while its JIT compiles, Solr's and Kafka's too (in the first pipeline measured after
+# the stack started, upserting a batch of 2000 documents took 3.2 s, in the next one 0.35 s).
 DRAIN_WARM_UP = 2000
 
 
@@ -810,11 +810,11 @@ def report(
         got = [results.get(kind) for kind in KINDS]
         return (render(got[0]) if got[0] else "-", render(got[1]) if got[1] else "-")
 
+    peers = str(results["peer"].cores) if "peer" in results else "-"
     tables = [
         format_table(
             f"throughput, draining {images} Fashion-MNIST 28x28 PNGs sent at once, warmed up "
-            f"(stream {settings.spark.master}, peer {results['peer'].cores if 'peer' in results else '-'} "
-            "processes)",
+            f"(stream {settings.spark.master}, peer {peers} processes)",
             [
                 ("images/s", *both(lambda r: fmt(r.throughput, ".0f"))),
                 ("cores", *both(lambda r: str(r.cores))),
