@@ -950,10 +950,11 @@ def main() -> int:
     results: dict[str, Result] = {}
     for kind in kinds:
         result = results[kind] = Result(kind, cores[kind])
+        processes = cores[kind] if kind == "peer" else 1  # the stream is one process
         note(f"{kind}: throughput over {len(data)} images")
         with isolated_run(settings, f"{kind}_tput", tmp) as run:
             result.throughput, result.drained, cpu = throughput(
-                kind, run, data, tmp, result.timeline, cores[kind]
+                kind, run, data, tmp, result.timeline, processes
             )
             result.drained_cpu = (cpu, len({image_id(d) for d, _ in data}))
         result.rate = args.rate or result.throughput / 2
@@ -961,7 +962,7 @@ def main() -> int:
         note(f"{kind}: latency at {result.rate:.0f} images/s, then {len(idle_images)} idle images")
         with (
             isolated_run(settings, f"{kind}_latency", tmp) as run,
-            running(kind, run, tmp, "latency", cores[kind]) as started,
+            running(kind, run, tmp, "latency", processes) as started,
         ):
             warm_up(started, run)
             if args.soak_seconds > 0:

@@ -84,6 +84,12 @@ def events(images: list[bytes]) -> pd.DataFrame:
     )
 
 
+def tag_in_calls(model: ModelBundle, frame: pd.DataFrame, rows: int) -> None:
+    """``tag_batch`` over ``frame`` in calls of ``rows`` rows."""
+    for lo in range(0, len(frame), rows):
+        tag_batch(frame.iloc[lo : lo + rows], model)
+
+
 def rate(count: int, run: Callable[[], Any], repeat: int = 1) -> float:
     """Items per CPU second of ``run`` (which handles ``count`` items), best of ``repeat``.
 
@@ -124,12 +130,7 @@ def chunk_table(model: ModelBundle, count: int) -> None:
     try:
         for chunk in sorted({*CHUNKS, default}):
             tagging.CHUNK_ROWS = chunk
-
-            def tag_all(frame: pd.DataFrame = batch) -> None:
-                for lo in range(0, len(frame), CALL_ROWS):
-                    tag_batch(frame.iloc[lo : lo + CALL_ROWS], model)
-
-            per_s = rate(count, tag_all, repeat=2)
+            per_s = rate(count, lambda: tag_in_calls(model, batch, CALL_ROWS), repeat=2)
             mark = " (default)" if chunk == default else ""
             print(f"{chunk:>10} {per_s:>8.1f}/s {1000 / per_s:>13.2f}{mark}")
     finally:
@@ -179,8 +180,7 @@ def main() -> None:
         tag_batch(batch.iloc[:10], model)  # warm up (imports, OpenCV caches)
 
         def tag_all(frame: pd.DataFrame = batch) -> None:
-            for lo in range(0, len(frame), 100):
-                tag_batch(frame.iloc[lo : lo + 100], model)
+            tag_in_calls(model, frame, 100)
 
         def extract_all(data: list[bytes] = images) -> list[Features]:
             out = []

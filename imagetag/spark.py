@@ -75,10 +75,12 @@ def driver_java_conf(*, c1_only: bool = False) -> dict[str, str]:
     warnings, without the chatter of a healthy stream) unless Python logs at DEBUG (``imagetag
     -v``, which keeps Spark's default profile), and with ``c1_only`` the JIT's first tier alone
     (``C1_ONLY``, for the stream). ``spark.conf`` may override it."""
-    options = [C1_ONLY] if c1_only else []
+    options = []
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         config = importlib.resources.files("imagetag") / "log4j2-spark.properties"
-        options.insert(0, f"-Dlog4j2.configurationFile={config}")
+        options.append(f"-Dlog4j2.configurationFile={config}")
+    if c1_only:
+        options.append(C1_ONLY)
     return {"spark.driver.extraJavaOptions": " ".join(options)} if options else {}
 
 
