@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -9,7 +11,7 @@ from pathlib import Path
 
 from imagetag.cluster import CODE_ZIP, LAUNCHER, build_code_zip, submit_command, submit_env
 from imagetag.settings import Settings
-from imagetag.spark import C1_ONLY, driver_java_conf, standalone_master
+from imagetag.spark import C1_ONLY, driver_java_conf, local_socket_conf, standalone_master
 from imagetag.stack import LocalStack
 
 
@@ -87,6 +89,16 @@ def test_only_the_stream_s_driver_stops_its_jit_at_c1(tmp_path: Path) -> None:
         assert not set(c1) & set(driver_options(job))
     assert driver_java_conf(c1_only=True)["spark.driver.extraJavaOptions"].split() == stream
     assert not set(c1) & set(driver_java_conf()["spark.driver.extraJavaOptions"].split())
+
+
+def test_local_python_workers_use_unix_sockets_in_a_folder_of_this_user_alone() -> None:
+    conf = local_socket_conf()
+    folder = Path(conf["spark.python.unix.domain.socket.dir"])
+    assert conf["spark.python.unix.domain.socket.enabled"] == "true"
+    assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert folder != Path(local_socket_conf()["spark.python.unix.domain.socket.dir"])
+    # A socket's path is at most 107 bytes; pyspark names its files ".<uuid4>.sock" (42).
+    assert len(os.fsencode(folder)) + 1 + 42 <= 107
 
 
 def test_the_stack_starts_a_cluster_only_for_a_loopback_master() -> None:
