@@ -108,9 +108,8 @@ class SparkSettings(_Section):
     master: str = "local[2]"
     driver_memory: str = "2g"
     executor_memory: str = "2g"
-    # The stream's tagging runs after its de-duplication, in this many tasks (its state is split
-    # as many ways, fixed by the checkpoint): one wave on the default local[2]; on a cluster, the
-    # executors' cores. Four on two cores made an idle micro-batch run two waves (+25-60%).
+    # The partitions of Spark's shuffles (the batch jobs' joins and aggregations). The stream has
+    # none: each micro-batch is tagged in one task per Kafka partition it read from.
     shuffle_partitions: int = Field(default=2, ge=1)
     ui_enabled: bool = False
     # How often the stream looks for new records (a look without any runs no batch); a batch
