@@ -7,6 +7,7 @@ The Kafka connector jars fetched by ``make setup`` (``.jvm/spark/``) are passed 
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.resources
 import logging
 import os
@@ -87,18 +88,21 @@ def driver_java_conf(*, c1_only: bool = False) -> dict[str, str]:
     return {"spark.driver.extraJavaOptions": " ".join(options)} if options else {}
 
 
+@functools.cache
 def local_socket_conf() -> dict[str, str]:
     """A local master's Python workers talk to the JVM over Unix domain sockets, in a
-    directory of this process's own (mode 0700, removed at exit).
+    directory of this process's own (mode 0700, made once per process, removed at exit).
 
     Over loopback TCP each task of a micro-batch waited about 40 ms for its first Arrow batch
     (Linux's delayed-ACK time: most likely a small write held back by Nagle's algorithm; not
-    traced further). Measured with ``mapInPandas`` over ``spark.range(1)``, collected, in a warm
-    session: the Python side waited 41-45 ms for its one row over TCP, 1-4 ms over a Unix
-    socket, and the job took 131-162 ms against 62-101. A Unix socket is not authenticated as Spark's TCP sockets are (a secret
-    per connection): whoever may write to the socket file may connect, so the files are made
-    in a directory only this user can enter. On a cluster the executors' sockets are theirs to
-    configure (``spark.conf``)."""
+    traced further). Measured with ``mapInPandas`` over ``spark.range(1)``, collected, in a
+    warm session: the Python side waited 41-45 ms for its one row over TCP, 1-4 ms over a Unix
+    socket, and the job took 131-162 ms against 62-101.
+
+    A Unix socket is not authenticated as Spark's TCP sockets are (a secret per connection):
+    whoever may write to the socket file may connect, so the files are made in a directory
+    only this user can enter. On a cluster the executors' sockets are theirs to configure
+    (``spark.conf``)."""
     folder = tempfile.mkdtemp(prefix="imagetag-spark-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return {
