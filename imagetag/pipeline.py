@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     from pyspark import Accumulator, Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
-    from imagetag.solr import SolrWriter
-
 log = logging.getLogger(__name__)
 
 
@@ -63,12 +61,6 @@ class SolrTally:
         return cls(context.accumulator(0), context.accumulator(0.0), context.accumulator(0.0))
 
 
-# With ``upsert``, a task tags its rows in chunks of this many and upserts each chunk from a
-# thread while it tags the next: the core tags instead of waiting for Solr to index (draining,
-# a task of 1000 rows waited 0.55 s of its 5 s for Solr, the core idle meanwhile).
-UPSERT_CHUNK_ROWS = 250
-
-
 def tag_partition(
     batches: Iterable[pd.DataFrame],
     shared: SharedModel,
@@ -77,52 +69,20 @@ def tag_partition(
     keep: tuple[str, ...] = (),
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: Kafka rows -> decoded events -> tag_batch -> uniform output rows; with
-    ``upsert``, the tagged rows' documents are upserted into Solr here (``upsert_tagged``), a
-    chunk's while the next is tagged. The input's ``keep`` columns are added to each output row,
-    found by its coordinates."""
+    ``upsert``, the tagged rows' documents are upserted into Solr here (``upsert_tagged``).
+    The input's ``keep`` columns are added to each output row, found by its coordinates."""
     from imagetag.records import tag_kafka_rows
 
     settings = Settings.from_executors(settings_json)
     model = worker_model(shared)
     poison = os.environ.get(POISON_ENV, "").encode()
-
-    def tagged(chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for rows in chunks:
-            if poison:
-                _test_poison(rows, poison)
-            out = tag_kafka_rows(rows, model, settings)
-            yield with_columns(out, rows, keep) if keep else out
-
-    if upsert is None:
-        yield from tagged(batches)
-    else:
-        chunks = (
-            rows.iloc[lo : lo + UPSERT_CHUNK_ROWS].reset_index(drop=True)
-            for rows in batches
-            for lo in range(0, len(rows), UPSERT_CHUNK_ROWS)
-        )
-        yield from upserted_behind(tagged(chunks), settings, upsert)
-
-
-def upserted_behind(
-    outs: Iterable[pd.DataFrame], settings: Settings, tally: SolrTally
-) -> Iterator[pd.DataFrame]:
-    """``outs`` with their tagged rows upserted (``upsert_tagged``), each in a thread while the
-    next is made; yields each once Solr took it, in order; an upsert's failure is raised."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    from imagetag.solr import SolrWriter
-
-    writer = SolrWriter(settings)  # one client, one connection, for the task
-    with ThreadPoolExecutor(1, thread_name_prefix="solr-upsert") as pool:
-        pending: Future[pd.DataFrame] | None = None
-        for out in outs:
-            following = pending.result() if pending is not None else None
-            pending = pool.submit(upsert_tagged, out, writer, tally)
-            if following is not None:
-                yield following
-        if pending is not None:
-            yield pending.result()
+    for rows in batches:
+        if poison:
+            _test_poison(rows, poison)
+        out = tag_kafka_rows(rows, model, settings)
+        if upsert is not None:
+            out = upsert_tagged(out, settings, upsert)
+        yield with_columns(out, rows, keep) if keep else out
 
 
 @dataclass(frozen=True)
@@ -176,18 +136,19 @@ def with_columns(out: pd.DataFrame, rows: pd.DataFrame, keep: tuple[str, ...]) -
 REFUSED = "index/solr_refused"  # the cause of a document Solr refused
 
 
-def upsert_tagged(out: pd.DataFrame, writer: SolrWriter, tally: SolrTally) -> pd.DataFrame:
+def upsert_tagged(out: pd.DataFrame, settings: Settings, tally: SolrTally) -> pd.DataFrame:
     """Upsert the tagged rows' documents into Solr, from the executor that tagged them (one
     Spark job a batch instead of two); waits while Solr is unavailable (``SolrWriter``). A row
     whose document Solr refused becomes its dead letter (stage ``index``); the written rows
     keep no document (the driver needs only their kind and latency)."""
     from imagetag.records import dead_letter_for_refused_doc
+    from imagetag.solr import SolrWriter
 
     tagged = out.index[out["kind"] == "tagged"]
     if not len(tagged):
         return out
     started = time.monotonic()
-    result = writer.write(json.loads(doc) for doc in out.loc[tagged, "doc"])
+    result = SolrWriter(settings).write(json.loads(doc) for doc in out.loc[tagged, "doc"])
     tally.seconds.add(time.monotonic() - started)
     tally.retries.add(result.retries)
     tally.stalled_s.add(result.stalled_s)
@@ -198,7 +159,7 @@ def upsert_tagged(out: pd.DataFrame, writer: SolrWriter, tally: SolrTally) -> pd
         image_id = out.at[i, "id"]
         out.at[i, "doc"] = None
         if image_id in refused:
-            key, value = dead_letter_for_refused_doc(image_id, *refused[image_id], writer.settings)
+            key, value = dead_letter_for_refused_doc(image_id, *refused[image_id], settings)
             out.at[i, "kind"], out.at[i, "key"], out.at[i, "value"] = "dead", key, value
             out.at[i, "latency_ms"], out.at[i, "cause"] = None, REFUSED
     return out

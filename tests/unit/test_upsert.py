@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -13,7 +11,7 @@ import pytest
 import imagetag.solr
 from imagetag.avro import AvroDeserializer
 from imagetag.contracts import OUTPUT_COLUMNS
-from imagetag.pipeline import REFUSED, SolrTally, upsert_tagged, upserted_behind
+from imagetag.pipeline import REFUSED, SolrTally, upsert_tagged
 from imagetag.settings import Settings
 from imagetag.solr import WriteResult
 
@@ -30,7 +28,7 @@ class FakeWriter:
     written: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        del settings
 
     def write(self, docs: Any) -> WriteResult:
         docs = list(docs)
@@ -63,7 +61,7 @@ def test_tagged_rows_are_upserted_and_a_refused_one_becomes_its_dead_letter(
         columns=OUTPUT_COLUMNS,
     )
     tally = SolrTally(Sum(), Sum(), Sum())  # type: ignore[arg-type]
-    out = upsert_tagged(rows, FakeWriter(Settings.model_validate({})), tally)  # type: ignore[arg-type]
+    out = upsert_tagged(rows, Settings.model_validate({}), tally)
     assert [d["id"] for d in FakeWriter.written] == ["a1", "x2"]
     assert list(out["kind"]) == ["tagged", "dead", "review"]
     assert out.at[0, "doc"] is None and out.at[0, "latency_ms"] == 120
@@ -76,70 +74,10 @@ def test_tagged_rows_are_upserted_and_a_refused_one_becomes_its_dead_letter(
     assert tally.retries.value == 2 and tally.stalled_s.value == 1.5 and tally.seconds.value >= 0
 
 
-def test_a_batch_without_tagged_rows_writes_nothing() -> None:
-    writer = None  # would fail if called
+def test_a_batch_without_tagged_rows_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(imagetag.solr, "SolrWriter", None)  # would fail if called
     rows = pd.DataFrame(
         [("review", "r", None, b"r", b"v", None, None, "images", 0, 0)], columns=OUTPUT_COLUMNS
     )
     tally = SolrTally(Sum(), Sum(), Sum())  # type: ignore[arg-type]
-    assert upsert_tagged(rows, writer, tally) is rows  # type: ignore[arg-type]
-
-
-def tagged_rows(name: str) -> pd.DataFrame:
-    return pd.DataFrame(
-        [("tagged", name, json.dumps({"id": name}), None, None, 1, None, "images", 0, 0)],
-        columns=OUTPUT_COLUMNS,
-    )
-
-
-class GatedWriter:
-    """Records each write; the first one waits until the test lets it finish."""
-
-    started = threading.Event()
-    release = threading.Event()
-    written: ClassVar[list[str]] = []
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def write(self, docs: Any) -> WriteResult:
-        ids = [d["id"] for d in docs]
-        GatedWriter.started.set()
-        assert GatedWriter.release.wait(10)
-        GatedWriter.written += ids
-        return WriteResult(len(ids))
-
-
-def test_a_chunk_is_upserted_while_the_next_is_tagged_and_all_come_back_in_order(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(imagetag.solr, "SolrWriter", GatedWriter)
-    made: list[str] = []
-
-    def outs() -> Iterator[pd.DataFrame]:
-        yield tagged_rows("a")
-        # the first chunk's upsert is under way while the second is being made
-        assert GatedWriter.started.wait(10)
-        assert GatedWriter.written == []
-        made.append("b")
-        GatedWriter.release.set()
-        yield tagged_rows("b")
-        yield tagged_rows("c")
-
-    tally = SolrTally(Sum(), Sum(), Sum())  # type: ignore[arg-type]
-    results = list(upserted_behind(outs(), Settings.model_validate({}), tally))
-    assert made == ["b"]
-    assert [r.at[0, "id"] for r in results] == ["a", "b", "c"]
-    assert GatedWriter.written == ["a", "b", "c"]
-    assert all(r.at[0, "doc"] is None for r in results)  # each one upserted before it came back
-
-
-def test_a_failed_upsert_fails_the_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Failing(FakeWriter):
-        def write(self, docs: Any) -> WriteResult:
-            raise OSError("solr gone")
-
-    monkeypatch.setattr(imagetag.solr, "SolrWriter", Failing)
-    tally = SolrTally(Sum(), Sum(), Sum())  # type: ignore[arg-type]
-    with pytest.raises(OSError, match="solr gone"):
-        list(upserted_behind([tagged_rows("a")], Settings.model_validate({}), tally))
+    assert upsert_tagged(rows, Settings.model_validate({}), tally) is rows
