@@ -525,8 +525,7 @@ def warm_stack(settings: Settings, tmp: Path, images: int, processes: int) -> No
     measured: whichever pipeline is measured first then meets Solr and Kafka past their JIT
     warm-up, as the one measured after it does. Without it the first pipeline paid for it:
     draining first on a fresh stack, the peer's Solr took 1.5 ms of CPU per image and the peer
-    did 253 images/s; draining after the stream's runs, 0.5 ms and 281 images/s (and the
-    stream, always first, 2.4 ms)."""
+    did 253 images/s; draining after the stream's runs, 0.5 ms and 281 images/s."""
     with (
         isolated_run(settings, "stack_warm_up", tmp) as run,
         running("peer", run, tmp, "stack-warm-up", processes) as started,

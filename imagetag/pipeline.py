@@ -137,9 +137,9 @@ REFUSED = "index/solr_refused"  # the cause of a document Solr refused
 
 # A task upserts its documents once they are all tagged. Upserting chunks of 250 (or 500) from
 # a thread while the next chunk was tagged was measured and not kept: draining 8000 images,
-# Solr's CPU rose from 0.38-0.42 to 0.49-0.59 ms an image (more, smaller requests: more soft
-# commits) and images/s did not (307-314 against 294-325): with Solr on the same cores, the
-# task's wait for Solr is not idle CPU.
+# Solr's CPU rose from 0.38-0.42 to 0.49-0.59 ms an image (more, smaller requests) and images/s
+# did not (307-314 against 294-325): with Solr on the same cores, the task's wait for Solr is
+# not idle CPU.
 
 
 def upsert_tagged(out: pd.DataFrame, settings: Settings, tally: SolrTally) -> pd.DataFrame:
