@@ -17,7 +17,9 @@ from prometheus_client import generate_latest
 
 from bench.bench_stream import (
     PEER_READY,
+    POLL_WINDOW_S,
     Cpu,
+    Pending,
     Result,
     Running,
     Snapshot,
@@ -29,6 +31,7 @@ from bench.bench_stream import (
     peer_snapshot,
     per_cpu_second,
     percentiles,
+    solr_time,
     stream_snapshot,
 )
 from bench.peer import READY_LINE, BatchStats, Peer, consumer_config, kafka_frame
@@ -340,6 +343,22 @@ def test_percentiles() -> None:
     assert percentiles([2.0]) == [2.0, 2.0]
     assert all(math.isnan(p) for p in percentiles([]))
     assert percentiles([1.0, 3.0], [50]) == [2.0]
+
+
+def test_the_latency_poll_looks_back_to_the_oldest_image_it_still_expects() -> None:
+    pending = Pending(expected={"a", "b", "c"})
+    assert pending.since({}, now=100.0) == 99.0  # nothing sent: the last second
+    pending.sent += [("a", 10.0), ("review", 11.0), ("b", 12.0), ("c", 13.0)]
+    assert pending.since({}, now=20.0) == 9.0  # a, sent at 10, not seen yet
+    # a seen: the image sent to review is not waited for
+    assert pending.since({"a": 14.0}, now=20.0) == 11.0
+    assert pending.since({"a": 14.0, "c": 15.0}, now=20.0) == 11.0  # b still pending
+    assert pending.since({"a": 14.0, "b": 15.0, "c": 15.0}, now=20.0) == 19.0
+    # an image that never shows holds the window open at most POLL_WINDOW_S
+    stuck = Pending(expected=None)
+    stuck.sent.append(("review", 10.0))
+    assert stuck.since({}, now=100.0) == 100.0 - POLL_WINDOW_S
+    assert solr_time(1_780_000_000.25) == "2026-05-28T20:26:40.250Z"
 
 
 def test_fmt_marks_missing_values() -> None:
