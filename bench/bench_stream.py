@@ -17,7 +17,9 @@ side:
 2. produce -> searchable latency p50 / p99 while producing at half of *that pipeline's own*
    throughput, after a warm-up of 200 images (the first batch's start-up is not the steady
    state) and a soak of ``--soak-seconds`` (240) at the same rate (the JVM's JIT compilation
-   goes on for minutes; see ``soak``);
+   goes on for minutes; see ``soak``); searchable is when a poll of Solr, ten a second, first
+   finds the image, each poll asking for the documents tagged since the oldest image it still
+   waits for (``Pending``: no more work for Solr than the measure needs);
 3. idle latency: warmed up and idle, one image every 3 s (``--idle-images``), produce ->
    searchable per image, and the batches each image took and their duration;
 4. where the CPU goes, draining and at half load: CPU ms per image of each process tree (the
