@@ -1,7 +1,7 @@
 # The one imagetag image of docker-compose.yml: the Spark master and worker, the stream and the
 # tools all run from it, so the executors have exactly the driver's Python (OpenCV, numpy,
 # pandas, pyarrow) and Spark (pyspark's own, with its bin/spark-class and bin/spark-submit).
-# The Kafka connector and Avro jars for Spark are fetched from Maven Central at build time, as
+# The Kafka connector jars for Spark are fetched from Maven Central at build time, as
 # `make setup` does.
 FROM python:3.11-slim-bookworm
 RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless maven \

@@ -166,19 +166,6 @@ def known_schemas(directory: str | Path | None = None) -> dict[bytes, Schema]:
     return {fp: schema for fp, _, schema in _known_schemas_cached(schemas_dir(directory))}
 
 
-def writer_schemas(name: str, directory: str | Path | None = None) -> dict[bytes, Schema]:
-    """The writer schemas a reader of ``schemas/<name>.avsc`` resolves from, by fingerprint
-    (unparsed JSON): that schema first, then those of ``schemas/`` and ``schemas/history/``
-    with its full name or one of its aliases, as ``AvroDeserializer(name)`` accepts them."""
-    raw = load_schema(name, directory)
-    names = {_full_name(raw), *(str(a) for a in raw.get("aliases", []))}
-    found = {fingerprint(raw): raw}
-    for fp, full_name, known in _known_schemas_cached(schemas_dir(directory)):
-        if full_name in names:
-            found.setdefault(fp, known)
-    return found
-
-
 class AvroSerializer:
     """Turns a mapping into a single-object-encoded Avro message of one schema.
 

@@ -14,7 +14,7 @@ What a submission ships, and how:
 - **the launcher**: ``imagetag-submit.py`` next to the zip, three lines that run
   ``imagetag.cli.main``; the jobs are imported as the packages they are, never run as
   ``__main__``, so the functions Spark ships to executors pickle by reference.
-- **the JVM side**: the Kafka connector and Avro jars ``make setup`` fetched, with ``--jars``.
+- **the JVM side**: the Kafka connector jars ``make setup`` fetched, with ``--jars``.
 - **the executors' Python** (``spark.pyspark.python``): on this machine the project's own
   interpreter (``.venv``). A real cluster provides the same environment one of two ways:
   ship it with the job (``venv-pack`` or ``conda-pack`` a tarball, then

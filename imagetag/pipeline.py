@@ -91,8 +91,8 @@ class SharedModel:
 
     A reused Python worker keeps the model it unpickled under ``key`` (``worker_model``), not
     under the broadcast object: Spark drops a broadcast from a worker as soon as it runs a task
-    that does not use it (as the archive query's were, while it decoded in Python) and sends it
-    again with the next task that does, as a new object whose ``value`` is unpickled again."""
+    that does not use it (the archive query's, between two batches of the tag query) and sends
+    it again with the next task that does, as a new object whose ``value`` is unpickled again."""
 
     key: str
     broadcast: Broadcast[Any]

@@ -119,10 +119,9 @@ def decode_events(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[DeadRecord]]:
     return pd.DataFrame(events), dead
 
 
-# What pandas' nanosecond timestamps (the archive's Parquet columns) can hold, in ms: a
-# producer timestamp outside is refused here and left out of the archive (imagetag.archive).
-PRODUCED_AT_MIN_MS = int(pd.Timestamp.min.value // 1_000_000) + 1
-PRODUCED_AT_MAX_MS = int(pd.Timestamp.max.value // 1_000_000) - 1
+# What pandas' nanosecond timestamps (the archive's Parquet columns) can hold, in ms.
+_MIN_MS = int(pd.Timestamp.min.value // 1_000_000) + 1
+_MAX_MS = int(pd.Timestamp.max.value // 1_000_000) - 1
 
 
 def _decode_event(
@@ -141,7 +140,7 @@ def _decode_event(
             f"id {str(event['id'])[:16]}... is not the sha256 of the image ({digest[:16]}...)",
         )
     produced_at = epoch_ms(event["produced_at"])
-    if produced_at is None or not PRODUCED_AT_MIN_MS <= produced_at <= PRODUCED_AT_MAX_MS:
+    if produced_at is None or not _MIN_MS <= produced_at <= _MAX_MS:
         raise RecordError(
             "avro", "bad_timestamp", f"produced_at {event['produced_at']} out of range"
         )

@@ -1,6 +1,6 @@
 """The Spark session factory: local mode by default, a real cluster by setting the master.
 
-The Kafka connector and Avro jars fetched by ``make setup`` (``.jvm/spark/``) are passed with
+The Kafka connector jars fetched by ``make setup`` (``.jvm/spark/``) are passed with
 ``spark.jars``; nothing is resolved through Ivy at run time.
 """
 
@@ -112,16 +112,14 @@ def local_socket_conf() -> dict[str, str]:
 
 
 def connector_jars(settings: Settings) -> list[Path]:
-    """The jars of Spark's Kafka source/sink and Avro functions, as fetched by ``make setup``.
+    """The jars of Spark's Kafka source/sink, as fetched by ``make setup``.
 
     Raises ServiceError when they are missing (``make setup`` was not run).
     """
     folder = settings.stack.jvm_dir / "spark"
     jars = sorted(folder.glob("*.jar"))
     if not jars:
-        raise ServiceError(
-            "spark", str(folder), "Kafka connector and Avro jars missing; run `make setup`"
-        )
+        raise ServiceError("spark", str(folder), "Kafka connector jars missing; run `make setup`")
     return jars
 
 
@@ -135,8 +133,7 @@ def submitted() -> bool:
 def spark_session(
     settings: Settings, app_name: str = "imagetag", *, c1_only: bool = False
 ) -> SparkSession:
-    """Return a SparkSession configured from ``settings.spark`` with the Kafka connector and
-    Avro jars.
+    """Return a SparkSession configured from ``settings.spark`` with the Kafka connector jars.
 
     In-process (``imagetag stream``): the master, memory and jars come from here, and Python
     workers use the interpreter running this code, so the venv's OpenCV and numpy are what the

@@ -11,8 +11,7 @@ Two Structured Streaming queries read the ``images`` topic, each with its own ch
   in one Kafka transaction. Spark records the batch's offsets as done only after
   ``foreachBatch`` returned, i.e. after Solr and Kafka accepted everything.
 * **archive**: appends every valid ImageEvent to Parquet under ``archive_dir``, partitioned by
-  ingest date: the historical corpus the backfill reads. It decodes in the JVM
-  (``imagetag.archive``): no Python worker sees its records.
+  ingest date: the historical corpus the backfill reads.
 
 ``run()`` supervises both: a query that fails (Kafka or Solr gone for longer than the clients
 wait) is restarted from its checkpoint with capped backoff, so an outage stalls the stream and
@@ -30,10 +29,12 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from imagetag.archive import archive_events
-from imagetag.contracts import KAFKA_COLUMNS
+import pandas as pd
+
+from imagetag.contracts import ARCHIVE_SCHEMA, KAFKA_COLUMNS
 from imagetag.durations import parse_duration
 from imagetag.hadoop import is_uri
 from imagetag.kafka_admin import GroupOffsets
@@ -60,6 +61,20 @@ log = logging.getLogger("imagetag.stream")
 
 TAG_QUERY = "imagetag-tag"
 ARCHIVE_QUERY = "imagetag-archive"
+
+
+# -- executor side: pure functions over pandas batches -------------------------------------
+
+
+def archive_partition(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body of the archive query: keep the records that are valid ImageEvents."""
+    from imagetag.records import archive_rows
+
+    for rows in batches:
+        yield archive_rows(rows)
+
+
+# -- driver side -------------------------------------------------------------------------
 
 
 class BatchStats:
@@ -350,7 +365,8 @@ def start_queries(
     )
     writer.bind(tag_query)
     archive_query = (
-        archive_events(images)
+        images.drop("headers")
+        .mapInPandas(archive_partition, ARCHIVE_SCHEMA)
         .writeStream.queryName(ARCHIVE_QUERY)
         .format("parquet")
         .option("path", settings.archive_dir)

@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 
 from batch.backfill.readers import event_row, rows_frame
-from imagetag.contracts import KAFKA_SCHEMA
 from imagetag.dictionary import VisualDictionary
 from imagetag.images import decode_image
 from imagetag.settings import ImageLimits, Settings
@@ -95,8 +94,9 @@ def hand_model(store: str, sample: list[bytes], seed: int = 0, promote: bool = T
 def write_archive(
     spark: SparkSession, settings: Settings, images: Sequence[tuple[bytes, str | None]]
 ) -> None:
-    """The stream's raw archive, as its archive query writes it (imagetag.archive)."""
-    from imagetag.archive import archive_events
+    """The stream's raw archive, as its archive query writes it (records.archive_rows)."""
+    from imagetag.contracts import ARCHIVE_SCHEMA
+    from streaming.job import archive_partition
 
     now = int(time.time() * 1000)
     rows = rows_frame(
@@ -116,7 +116,8 @@ def write_archive(
         ]
     )
     (
-        archive_events(spark.createDataFrame(rows, KAFKA_SCHEMA))
+        spark.createDataFrame(rows)
+        .mapInPandas(archive_partition, ARCHIVE_SCHEMA)
         .write.mode("append")
         .partitionBy("ingest_date")
         .parquet(settings.archive_dir)
