@@ -67,7 +67,15 @@ ARCHIVE_QUERY = "imagetag-archive"
 
 
 def archive_partition(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """mapInPandas body of the archive query: keep the records that are valid ImageEvents."""
+    """mapInPandas body of the archive query: keep the records that are valid ImageEvents.
+
+    The archive decodes with the tag query's own decoder (``records.decode_events``). Decoding
+    in the JVM instead (spark-avro's ``from_avro`` per known writer schema, re-encoded with
+    ``to_avro`` to find bytes after the record, ``sha2`` of the image against the id, the
+    timestamp's range and valid UTF-8 in SQL) was built, tested record kind by record kind
+    against this one, and measured: 8000 Fashion-MNIST records cost the JVM and the workers
+    0.52-0.55 CPU s either way (0.07 ms a record, about 1% of what tagging one costs), and the
+    stream's bench did not move beyond its noise. Not kept: one decoder is one set of rules."""
     from imagetag.records import archive_rows
 
     for rows in batches:
