@@ -77,6 +77,7 @@ import pandas as pd
 import requests
 
 from imagetag import metrics, plots
+from imagetag.documents import solr_date
 from imagetag.instrumentation import cmdline, descendants, process_cpu, tree_cpu
 from imagetag.kafka_admin import count_records
 from imagetag.settings import Settings
@@ -618,11 +619,6 @@ class Pending:
         return max(start - POLL_MARGIN_S, now - POLL_WINDOW_S)
 
 
-def solr_time(at: float) -> str:
-    """``at`` (epoch seconds) as a Solr date, to the millisecond."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
-
-
 def latency(
     run: Running,
     settings: Settings,
@@ -645,7 +641,7 @@ def latency(
             body = requests.get(
                 url,
                 params={
-                    "q": f"tagged_at:[{solr_time(since)} TO *]",
+                    "q": f"tagged_at:[{solr_date(since * 1000)} TO *]",
                     "fl": "id",
                     "rows": "5000",
                     "facet": "false",

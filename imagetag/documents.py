@@ -80,7 +80,7 @@ def project_vector(vector: Sequence[float] | np.ndarray) -> list[float] | None:
     return [round(float(x), 6) for x in out / norm]
 
 
-def _iso(value: Any) -> str | None:
+def solr_date(value: Any) -> str | None:
     """A timestamp (datetime, pandas Timestamp, or epoch milliseconds) as Solr's ISO format."""
     if value is None:
         return None
@@ -129,7 +129,7 @@ def to_solr_doc(row: Mapping[str, Any]) -> dict[str, Any]:
     for label, fraction in items:
         doc[vote_field(str(label))] = float(fraction)
     for name in ("ingested_at", "tagged_at"):
-        stamp = _iso(row.get(name))
+        stamp = solr_date(row.get(name))
         if stamp:
             doc[name] = stamp
     vector = row.get("vector")
